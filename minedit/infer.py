@@ -1,0 +1,119 @@
+"""Batched inference on a (possibly edited) causal LM: teacher forcing and greedy generation.
+
+Every scored sequence is run the way ``generate`` runs it: the prompt first (one prefill call, left
+padded), then the continuation against the key/value cache. Editors that decide once per sequence
+(GRACE's key, ELDER's router) decide at the prefill, from the last prompt token, so a score and a
+generation see the same decision. ``tests/test_infer.py`` checks this equals one plain forward.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A prompt and the continuation to score, as token ids."""
+
+    prompt_ids: tuple[int, ...]
+    target_ids: tuple[int, ...]
+
+
+def encode_pair(tokenizer, prompt: str, target: str) -> Pair:
+    """Tokenise ``target`` exactly as it follows ``prompt`` in training: with its leading space.
+
+    The target ids are the tail of ``tokenize(prompt + " " + target)`` after the prompt's ids, so a
+    scored target and a trained target are the same tokens (scoring ``target`` alone, without the
+    space, gives other tokens on byte-level BPE tokenizers and understates every editor).
+    """
+    sep = "" if prompt.endswith((" ", "\n")) or target.startswith(" ") else " "
+    prompt_ids = tokenizer(prompt).input_ids
+    full_ids = tokenizer(prompt + sep + target).input_ids
+    if full_ids[: len(prompt_ids)] == prompt_ids and len(full_ids) > len(prompt_ids):
+        target_ids = full_ids[len(prompt_ids):]
+    else:  # the tokenizer merged across the boundary: fall back to the target on its own
+        target_ids = tokenizer(sep + target, add_special_tokens=False).input_ids
+    if not target_ids:
+        raise ValueError(f"target {target!r} tokenises to nothing")
+    return Pair(tuple(prompt_ids), tuple(target_ids))
+
+
+def pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids and attention mask, both (B, L)."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        if s:
+            ids[row, width - len(s):] = torch.tensor(s)
+            mask[row, width - len(s):] = 1
+    return ids, mask
+
+
+def right_pad(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and attention mask, both (B, L)."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        ids[row, : len(s)] = torch.tensor(s)
+        mask[row, : len(s)] = 1
+    return ids, mask
+
+
+def continuation_logits(model, pairs: Sequence[Pair], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits predicting every target token, (B, Lt, V), and the target mask (B, Lt).
+
+    Position ``j`` holds the model's distribution for ``target_ids[j]`` given the prompt and the
+    gold ``target_ids[:j]`` (teacher forcing).
+    """
+    prompt, prompt_mask = left_pad([p.prompt_ids for p in pairs], pad)
+    target, target_mask = right_pad([p.target_ids for p in pairs], pad)
+    positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=prompt, attention_mask=prompt_mask, position_ids=positions, use_cache=True)
+    logits = [out.logits[:, -1:]]  # (B, 1, V): predicts target[0]
+    if target.shape[1] > 1:
+        rest = target[:, :-1]
+        mask = torch.cat([prompt_mask, target_mask[:, :-1]], dim=1)
+        rest_pos = prompt_mask.sum(-1, keepdim=True) + torch.arange(rest.shape[1])
+        out2 = model(input_ids=rest, attention_mask=mask, position_ids=rest_pos,
+                     past_key_values=out.past_key_values, use_cache=True)
+        logits.append(out2.logits)
+    return torch.cat(logits, dim=1), target_mask.bool()
+
+
+@torch.inference_mode()
+def predict_tokens(model, pairs: Sequence[Pair], pad: int, batch_size: int = 32) -> list[torch.Tensor]:
+    """Teacher-forced argmax token at each target position, one 1-D tensor per pair."""
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].prompt_ids) + len(pairs[i].target_ids))
+    result: list[torch.Tensor | None] = [None] * len(pairs)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start: start + batch_size]
+        logits, mask = continuation_logits(model, [pairs[i] for i in chunk], pad)
+        argmax = logits.argmax(-1)
+        for row, i in enumerate(chunk):
+            result[i] = argmax[row, : int(mask[row].sum())].clone()
+    return result  # type: ignore[return-value]
+
+
+@torch.inference_mode()
+def generate_greedy(model, prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], pad: int,
+                    batch_size: int = 32) -> list[list[int]]:
+    """Greedy continuation ids of each prompt, at most ``max_new_tokens[i]`` tokens."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    result: list[list[int]] = [[] for _ in prompts]
+    for start in range(0, len(order), batch_size):
+        chunk = order[start: start + batch_size]
+        ids, mask = left_pad([prompts[i] for i in chunk], pad)
+        steps = max(max_new_tokens[i] for i in chunk)
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps, min_new_tokens=steps,
+                             do_sample=False, pad_token_id=pad, temperature=None, top_p=None, top_k=None)
+        for row, i in enumerate(chunk):
+            result[i] = out[row, ids.shape[1]: ids.shape[1] + max_new_tokens[i]].tolist()
+    return result
