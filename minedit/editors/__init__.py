@@ -4,10 +4,12 @@ from __future__ import annotations
 import os
 
 from .base import Editor, EditorConfig, config_from_dict, read_saved
+from .grace import GraceEditor
 from .none import NoneEditor
 
 EDITORS: dict[str, type[Editor]] = {
     NoneEditor.name: NoneEditor,
+    GraceEditor.name: GraceEditor,
 }
 
 
