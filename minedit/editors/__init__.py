@@ -4,12 +4,16 @@ from __future__ import annotations
 import os
 
 from .base import Editor, EditorConfig, config_from_dict, read_saved
+from .ft import FTConfig, FTEditor
 from .grace import GraceEditor
+from .lora import LoRAEditor, LoRAEditorConfig
 from .none import NoneEditor
 
 EDITORS: dict[str, type[Editor]] = {
     NoneEditor.name: NoneEditor,
     GraceEditor.name: GraceEditor,
+    FTEditor.name: FTEditor,
+    LoRAEditor.name: LoRAEditor,
 }
 
 
@@ -37,4 +41,5 @@ def load_editor(directory: "str | os.PathLike", model, tokenizer) -> Editor:
     return get_editor(meta.get("editor", "?")).load(directory, model, tokenizer)
 
 
-__all__ = ["EDITORS", "Editor", "EditorConfig", "NoneEditor", "config_from_dict", "get_editor", "load_editor", "make_editor"]
+__all__ = ["EDITORS", "Editor", "EditorConfig", "FTConfig", "FTEditor", "LoRAEditor", "LoRAEditorConfig", "NoneEditor",
+           "config_from_dict", "get_editor", "load_editor", "make_editor"]
