@@ -82,6 +82,10 @@ class Editor:
 
     def _swap_module(self, name: str, new: nn.Module) -> nn.Module:
         """Put ``new`` where module ``name`` is, remembering the first original; returns the original."""
+        current = self.model.get_submodule(name)
+        if name not in self._original_modules and hasattr(current, "base_layer"):
+            raise RuntimeError(f"{name} is already wrapped by {type(current).__name__} (another editor's edit); "
+                               "call restore() on that editor first")
         old = replace_module(self.model, name, new)
         self._original_modules.setdefault(name, old)
         return self._original_modules[name]

@@ -36,6 +36,20 @@ class GraceConfig(EditorConfig):
     stop_loss: float = 0.05  # stop once every target token is right and the loss is below this
 
 
+def radius_rule(distance: float | None, radius: float, same_target: bool, eps: float) -> tuple[str, float, float | None]:
+    """GRACE's codebook update for a new edit's query (Hartvigsen et al. 2023, Sec. 3.2).
+
+    ``distance``: from the query to the nearest key (``None`` when the codebook is empty); ``radius``: that
+    key's radius; ``same_target``: whether that key was trained for the same answer.
+    Returns ``(action, nearest key's new radius, new key's radius or None when no key is added)``.
+    """
+    if distance is None or distance > radius + eps:
+        return "add", radius, eps  # far from every ball: a new key with the initial radius
+    if same_target:
+        return "expand", max(radius, distance), None  # same answer: grow the ball to reach the query
+    return "split", distance / 2, distance / 2  # conflict: the two balls meet half-way
+
+
 class GraceCodebook(nn.Module):
     """Wraps a Linear: replaces its output by a codebook value when the sequence's query is within a radius."""
 
@@ -126,20 +140,19 @@ class GraceEditor(Editor):
         return {**stats, "action": action, "keys": len(book.keys)}
 
     def _update_codebook(self, book: GraceCodebook, query, target: str, init_value) -> tuple[str, int]:
-        eps = self.config.eps
+        nearest, distance, radius, same = None, None, 0.0, False
         if len(book.keys):
             dist = torch.linalg.vector_norm(book.keys - query, dim=-1)
             d, i = dist.min(0)
-            d, i = d.item(), int(i)
-            if d <= book.radii[i].item() + eps:
-                if book.targets[i] == target:  # same answer: grow the ball to cover the query
-                    book.radii[i] = max(book.radii[i].item(), d)
-                    return "expand", i
-                book.radii[i] = d / 2  # conflicting answer: split the space between the two keys
-                self._add_key(book, query, init_value, d / 2, target)
-                return "split", len(book.keys) - 1
-        self._add_key(book, query, init_value, eps, target)
-        return "add", len(book.keys) - 1
+            nearest, distance = int(i), d.item()
+            radius, same = book.radii[nearest].item(), book.targets[nearest] == target
+        action, nearest_radius, new_radius = radius_rule(distance, radius, same, self.config.eps)
+        if nearest is not None:
+            book.radii[nearest] = nearest_radius
+        if new_radius is None:
+            return action, nearest
+        self._add_key(book, query, init_value, new_radius, target)
+        return action, len(book.keys) - 1
 
     @staticmethod
     def _add_key(book: GraceCodebook, key, value, radius: float, target: str) -> None:
