@@ -33,7 +33,7 @@ test: prepare
 		notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
 
 test-fast: prepare
-	$(PY) -m pytest -x -q tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -x -q tests
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/

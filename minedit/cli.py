@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import random
 import sys
 from pathlib import Path
@@ -79,6 +80,17 @@ def _table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _no_nan(obj):
+    """NaN (a metric with nothing to score, e.g. exact match under --no-exact) becomes JSON null."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _no_nan(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_no_nan(v) for v in obj]
+    return obj
+
+
 def bench(args) -> dict:
     import torch
 
@@ -117,10 +129,10 @@ def bench(args) -> dict:
         "seconds_per_edit": run.seconds_per_edit, "inference_overhead": run.inference_overhead,
         "latency_seconds": run.latency, "config": dataclasses.asdict(config), "skipped": [str(p) for p in requests.skipped],
     }
-    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    (out / "results.json").write_text(json.dumps(_no_nan(result), indent=1) + "\n", encoding="utf-8")
     with open(out / "edits.jsonl", "w", encoding="utf-8") as f:
         for row in run.rows:
-            f.write(json.dumps(row) + "\n")
+            f.write(json.dumps(_no_nan(row)) + "\n")
     save_figure(edit_curves(run.rows, title=f"{args.editor} on {args.model}, {args.protocol}, T={len(requests)}"), out / "results.png")
     print(_table(result))
     print(f"wrote {out / 'results.json'}, {out / 'edits.jsonl'}, {out / 'results.png'}")

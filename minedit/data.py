@@ -179,14 +179,21 @@ def read_records(path: "str | Path") -> list[dict]:
         raise DataError(path, "file not found")
     try:
         text = path.read_text(encoding="utf-8")
-        if path.suffix == ".jsonl":
-            records = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
-            records = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise DataError(path, f"malformed JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
     except UnicodeDecodeError:
         raise DataError(path, "not UTF-8 text") from None
+    if path.suffix == ".jsonl":
+        records = []
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise DataError(path, f"malformed JSON at line {lineno} column {err.colno}: {err.msg}") from None
+        return records
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(path, f"malformed JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
     if not isinstance(records, list):
         raise DataError(path, f"expected a JSON list of records, got {type(records).__name__}")
     return records

@@ -3,7 +3,7 @@
 Every scored sequence is run the way ``generate`` runs it: the prompt first (one prefill call, left
 padded), then the continuation against the key/value cache. Editors that decide once per sequence
 (GRACE's key, ELDER's router) decide at the prefill, from the last prompt token, so a score and a
-generation see the same decision. ``tests/test_infer.py`` checks this equals one plain forward.
+generation see the same decision. ``tests/test_metrics.py`` checks this equals one plain forward.
 """
 from __future__ import annotations
 
@@ -105,15 +105,19 @@ def predict_tokens(model, pairs: Sequence[Pair], pad: int, batch_size: int = 32)
 @torch.inference_mode()
 def generate_greedy(model, prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], pad: int,
                     batch_size: int = 32) -> list[list[int]]:
-    """Greedy continuation ids of each prompt, at most ``max_new_tokens[i]`` tokens."""
+    """Greedy continuation ids of each prompt: at most ``max_new_tokens[i]`` tokens, up to and including
+    the end-of-sequence token when the model stops (as ``generate`` would)."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    eos = eos[0] if isinstance(eos, list) else eos
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     result: list[list[int]] = [[] for _ in prompts]
     for start in range(0, len(order), batch_size):
         chunk = order[start: start + batch_size]
         ids, mask = left_pad([prompts[i] for i in chunk], pad)
         steps = max(max_new_tokens[i] for i in chunk)
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps, min_new_tokens=steps,
-                             do_sample=False, pad_token_id=pad, temperature=None, top_p=None, top_k=None)
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps, do_sample=False,
+                             pad_token_id=pad, temperature=None, top_p=None, top_k=None)
         for row, i in enumerate(chunk):
-            result[i] = out[row, ids.shape[1]: ids.shape[1] + max_new_tokens[i]].tolist()
+            tokens = out[row, ids.shape[1]: ids.shape[1] + max_new_tokens[i]].tolist()
+            result[i] = tokens[: tokens.index(eos) + 1] if eos is not None and eos in tokens else tokens
     return result

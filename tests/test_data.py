@@ -265,8 +265,6 @@ def test_malformed_json_names_line_and_column(tmp_path):
     assert "line 3 column 9" in message
 
 
-@pytest.mark.xfail(strict=True, reason="read_records parses .jsonl line by line with json.loads, so a JSONDecodeError "
-                                       "always reports 'line 1': the line number within the file is lost")
 def test_malformed_jsonl_names_the_file_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(zsre_record(0)) + "\n" + json.dumps(zsre_record(1)) + '\n{"src": oops}\n', encoding="utf-8")

@@ -171,11 +171,19 @@ def _hf_greedy(model, ids: list[int], n: int) -> list[int]:
 
 def test_generate_greedy_equals_hf_generate_single_prompt(smol):
     model, tok = smol
-    ids = tok("The Eiffel Tower is located in the city of").input_ids
+    ids = tok("The official language of Germany is").input_ids
     ours = generate_greedy(model, [ids], [6], pad_id(tok))
     reference = _hf_greedy(model, ids, 6)
-    assert len(reference) == 6  # no early end of sequence, so both ran 6 steps
+    assert len(reference) == 6  # no end of sequence on the way, so HF ran all 6 steps
     assert ours == [reference]
+
+
+def test_generate_greedy_stops_where_hf_generate_stops(smol):
+    model, tok = smol
+    ids = tok("The Eiffel Tower is located in the city of").input_ids
+    reference = _hf_greedy(model, ids, 8)
+    assert len(reference) < 8 and reference[-1] == tok.eos_token_id  # the premise: HF greedy ends early here
+    assert generate_greedy(model, [ids], [8], pad_id(tok)) == [reference]
 
 
 def test_generate_greedy_batch_matches_single_prompts(smol):

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+import types
 import typing
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
@@ -138,7 +139,12 @@ class Editor:
             if directory.exists():
                 old = directory.with_name(f".{directory.name}-old-{os.getpid()}")
                 os.rename(directory, old)
-            os.rename(tmp, directory)
+            try:
+                os.rename(tmp, directory)
+            except BaseException:
+                if old is not None:
+                    os.rename(old, directory)  # put the previous save back
+                raise
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
         finally:
@@ -170,16 +176,43 @@ def read_saved(directory: "str | os.PathLike") -> tuple[dict[str, Any], dict[str
 
 
 def config_from_dict(config_class: type, values: dict[str, Any]):
-    """Build a frozen config from JSON values (lists become tuples where the field is a tuple)."""
+    """Build a frozen config from JSON values: lists become tuples where the field is a tuple, and a value
+    of the wrong type (``--set seed=abc``) is refused with a message naming the field."""
     hints = typing.get_type_hints(config_class)
     names = {f.name for f in dataclasses.fields(config_class)}
     unknown = set(values) - names
     if unknown:
-        raise ValueError(f"unknown {config_class.__name__} field(s): {', '.join(sorted(unknown))}")
+        raise ValueError(f"unknown {config_class.__name__} field(s): {', '.join(sorted(unknown))}; "
+                         f"known: {', '.join(sorted(names))}")
     fixed = {}
     for key, value in values.items():
-        origin = typing.get_origin(hints[key])
-        is_tuple = hints[key] is tuple or origin is tuple or (
-            origin is typing.Union and any(typing.get_origin(a) is tuple for a in typing.get_args(hints[key])))
-        fixed[key] = tuple(value) if is_tuple and isinstance(value, list) else value
+        options = _type_options(hints[key])
+        if isinstance(value, list) and any(o is tuple or typing.get_origin(o) is tuple for o in options):
+            value = tuple(value)
+        if not _matches(value, options):
+            raise ValueError(f"{config_class.__name__}.{key}: expected {hints[key]}, got {value!r}")
+        fixed[key] = value
     return config_class(**fixed)
+
+
+def _type_options(hint) -> tuple:
+    """The alternatives of ``X | Y`` / ``Optional[X]`` (or just ``(hint,)``)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return typing.get_args(hint)
+    return (hint,)
+
+
+def _matches(value, options) -> bool:
+    for option in options:
+        base = typing.get_origin(option) or option
+        if option is type(None) and value is None:
+            return True
+        if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if base is int and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if base in (bool, str, tuple, dict, list) and isinstance(value, base):
+            return True
+        if base is typing.Any or (base is typing.Literal and value in typing.get_args(option)):
+            return True
+    return False
