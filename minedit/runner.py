@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-import torch
 from tqdm.auto import tqdm
 
 from .data import DataError, EditRequest
@@ -35,6 +34,7 @@ class RunConfig:
     latency_prompts: int = 32  # prompts timed for the inference overhead
     latency_repeats: int = 3  # timings are the fastest of this many runs (robust to a busy CPU)
     progress: bool = True  # tqdm progress bar
+    checkpoints: tuple[int, ...] = ()  # also score all edits so far after these many edits (a retention curve)
 
 
 @dataclass
@@ -46,6 +46,7 @@ class RunResult:
     seconds_per_edit: float
     inference_overhead: float
     latency: dict[str, float] = field(default_factory=dict)  # seconds: {"unedited", "edited"}
+    curve: list[dict[str, float]] = field(default_factory=list)  # {"T", metrics...} at each checkpoint
 
 
 def check_lengths(tokenizer, requests: Sequence[EditRequest], max_tokens: int) -> None:
@@ -94,7 +95,7 @@ def run_lifelong(editor: Editor, requests: Sequence[EditRequest], config: RunCon
     rows: list[dict[str, Any]] = [
         {"index": i, "prompt": r.prompt, "target": r.target} for i, r in enumerate(requests)
     ]
-    edit_seconds = 0.0
+    edit_seconds, curve = 0.0, []
     bar = tqdm(total=len(requests), desc=f"{editor.name} ({config.protocol})", disable=not config.progress, unit="edit")
     for start in range(0, len(requests), config.edit_batch_size):
         batch = list(requests[start: start + config.edit_batch_size])
@@ -110,6 +111,10 @@ def run_lifelong(editor: Editor, requests: Sequence[EditRequest], config: RunCon
                                     config.score_batch_size, config.exact)
             for offset, score in enumerate(scored):
                 rows[start + offset].update(score)
+        done = start + len(batch)
+        if any(start < t <= done for t in config.checkpoints):
+            so_far = score_requests(model, tokenizer, requests[:done], reference[:done], config.score_batch_size, config.exact)
+            curve.append({"T": done, **summarize(so_far)})
         bar.update(len(batch))
     bar.close()
     if config.protocol == "retention":
@@ -122,4 +127,5 @@ def run_lifelong(editor: Editor, requests: Sequence[EditRequest], config: RunCon
         seconds_per_edit=edit_seconds / len(requests),
         inference_overhead=edited_latency / base_latency,
         latency={"unedited": base_latency, "edited": edited_latency},
+        curve=curve,
     )

@@ -15,7 +15,8 @@ PROBE = "The capital of France is"
 
 
 @pytest.fixture(scope="module")
-def smol():
+def own_smol():
+    """A SmolLM2 of this module's own (conftest's session ``smol`` must never be edited)."""
     model, tokenizer = load_model("smollm2-135m")
     original = {k: v.clone() for k, v in model.state_dict().items()}
     modules = {n: m for n, m in model.named_modules()}
@@ -39,8 +40,8 @@ def assert_pristine(model, original, modules):
 
 
 @pytest.mark.parametrize("name", [FTEditor.name, LoRAEditor.name])
-def test_edit_restore_save_load(smol, name, tmp_path):
-    model, tokenizer, original, modules = smol
+def test_edit_restore_save_load(own_smol, name, tmp_path):
+    model, tokenizer, original, modules = own_smol
     before = score_requests(model, tokenizer, [REQUEST], exact=False)[0]["rel"]
     assert before < 1.0  # the edit must change something to be tested
 
@@ -64,8 +65,8 @@ def test_edit_restore_save_load(smol, name, tmp_path):
     assert_pristine(model, original, modules)
 
 
-def test_ft_norm_constraint_bounds_total_drift(smol):
-    model, tokenizer, original, modules = smol
+def test_ft_norm_constraint_bounds_total_drift(own_smol):
+    model, tokenizer, original, modules = own_smol
     editor = make_editor("ft", model, tokenizer, norm_constraint=1e-3, steps=5)
     editor.edit(REQUEST)
     editor.edit(EditRequest(prompt="The Colosseum is located in the city of", target="Paris"))
@@ -76,8 +77,8 @@ def test_ft_norm_constraint_bounds_total_drift(smol):
     assert_pristine(model, original, modules)
 
 
-def test_lora_init_is_seeded(smol):
-    model, tokenizer, _, _ = smol
+def test_lora_init_is_seeded(own_smol):
+    model, tokenizer, _, _ = own_smol
     rng = torch.get_rng_state()
     runs = []
     for _ in range(2):
@@ -87,3 +88,18 @@ def test_lora_init_is_seeded(smol):
         editor.restore()
     assert runs[0].keys() == runs[1].keys() and all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
     assert torch.equal(torch.get_rng_state(), rng)  # the caller's global RNG is left alone
+
+
+@pytest.mark.parametrize("name", [FTEditor.name, LoRAEditor.name])
+def test_gpt2_conv1d(make_tiny, smol_tokenizer, name):
+    """GPT-2 keeps its MLP weights transposed (transformers' Conv1D): editing and restore still work."""
+    tokenizer = smol_tokenizer
+    model = make_tiny("gpt2", vocab_size=len(tokenizer))
+    original, modules = {k: v.clone() for k, v in model.state_dict().items()}, dict(model.named_modules())
+    before = logits(model, tokenizer, PROBE)
+    editor = make_editor(name, model, tokenizer, steps=3)
+    assert editor.edit(REQUEST)["steps"] == 3
+    assert not torch.equal(logits(model, tokenizer, PROBE), before)
+    editor.restore()
+    assert_pristine(model, original, modules)
+    assert torch.equal(logits(model, tokenizer, PROBE), before)
