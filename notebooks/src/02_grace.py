@@ -108,7 +108,7 @@ run = run_lifelong(grace, edits[:30], RunConfig(progress=False))
 grace.restore()  # the next experiments start from the unedited model
 assert run.metrics["rel"] >= 0.95 and run.metrics["loc"] >= 0.98
 print({k: round(v, 3) for k, v in run.metrics.items()}, f"| {run.seconds_per_edit:.2f} s per edit")
-edit_curves(run.rows, title="GRACE, 30 edits, retention")
+edit_curves(run.rows, title="GRACE, 30 edits, retention");
 
 # %% [markdown]
 # Reliability and locality are near perfect: an edit's own query sits at distance 0 from its key, and unrelated
