@@ -81,6 +81,16 @@ def test_run_lifelong_edit_batches_and_stats(tiny_llama, five_edits):
     assert math.isnan(result.metrics["rel_em"]) and math.isnan(result.metrics["gen_em"])  # exact=False
 
 
+def test_checkpoints_score_all_edits_so_far(tiny_llama, five_edits):
+    model, tok = tiny_llama
+    result = run_lifelong(NoneEditor(model, tok), five_edits, RunConfig(edit_batch_size=2, checkpoints=(1, 4, 5), exact=False, **FAST))
+    # batches end after 2, 4 and 5 edits: a checkpoint inside a batch is scored when that batch ends
+    assert [point["T"] for point in result.curve] == [2, 4, 5]
+    assert all(point["loc"] == 1.0 for point in result.curve)
+    first_two = [row["rel"] for row in result.rows[:2]]
+    assert result.curve[0]["rel"] == pytest.approx(sum(first_two) / 2)
+
+
 def test_run_lifelong_rejects_bad_arguments(tiny_llama, five_edits):
     model, tok = tiny_llama
     with pytest.raises(ValueError, match="unknown protocol"):

@@ -32,6 +32,7 @@ class FTConfig(EditorConfig):
     lr: float = 1e-3  # Adam lr; ROME/EasyEdit's 5e-4 needs twice the steps on SmolLM2 (22 vs 12) for the same Rel
     steps: int = 40  # max steps per edit; single zsRE edits on SmolLM2 need 12 on average, 17 at most
     stop_loss: float = 0.05  # stop once every target token is right and the loss is below this
+    cache_lower: bool = True  # compute the frozen layers below the edited one once per edit (False: every step)
     norm_constraint: float | None = None  # L-inf radius around the original weight; None: unconstrained
     # (ROME's 5e-4 lets 0 of 20 single zsRE edits on SmolLM2 reach the target, 5e-3 lets 10 of 20)
 
@@ -63,7 +64,7 @@ class FTEditor(Editor):
         weight = self._backup_param(self.param_name)  # the first edit keeps the original for restore()
         batch = make_edit_batch(self.tokenizer, [request.prompt], [request.target])
         # The layers below ``self.layer`` do not depend on W: run them once, re-run only the rest.
-        stack = UpperStack(self.model, self.layer, batch)
+        stack = UpperStack(self.model, self.layer if self.config.cache_lower else 0, batch)
         weight.requires_grad_(True)  # the model is loaded frozen; only W learns, and only during the edit
         try:
             stats = optimize([weight], lambda: stack.target_loss(batch.labels), self.config.steps,

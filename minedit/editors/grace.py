@@ -34,6 +34,7 @@ class GraceConfig(EditorConfig):
     steps: int = 100  # max value-training steps per edit (GRACE trains values for ~100 steps)
     lr: float = 1.0  # value learning rate (GRACE/EasyEdit use 1.0)
     stop_loss: float = 0.05  # stop once every target token is right and the loss is below this
+    cache_lower: bool = True  # compute the frozen layers below the edited one once per edit (False: every step)
 
 
 def radius_rule(distance: float | None, radius: float, same_target: bool, eps: float) -> tuple[str, float, float | None]:
@@ -118,7 +119,7 @@ class GraceEditor(Editor):
     def _edit_one(self, request) -> dict:
         book = self._install()
         batch = make_edit_batch(self.tokenizer, [request.prompt], [request.target])
-        stack = UpperStack(self.model, self.layer, batch)
+        stack = UpperStack(self.model, self.layer if self.config.cache_lower else 0, batch)
         with torch.no_grad(), book.tracker.teacher_forcing(batch.key_positions), \
                 record(self.model, [f"{self.module_name}.base_layer"], point="input") as acts:
             stack.hidden_states()  # the codebook's own input does not depend on the codebook

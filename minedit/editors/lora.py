@@ -37,6 +37,7 @@ class LoRAEditorConfig(EditorConfig):
     lr: float = 5e-3  # Adam lr for A and B (EasyEdit's); 1e-3 misses 2 of 20 single zsRE edits in 40 steps
     steps: int = 40  # max steps per edit; single zsRE edits on SmolLM2 need 10 on average, 15 at most
     stop_loss: float = 0.05  # stop once every target token is right and the loss is below this
+    cache_lower: bool = True  # compute the frozen layers below the edited one once per edit (False: every step)
 
 
 class LoRAEditor(Editor):
@@ -97,7 +98,7 @@ class LoRAEditor(Editor):
     def _edit_one(self, request) -> dict:
         self._install()
         batch = make_edit_batch(self.tokenizer, [request.prompt], [request.target])
-        stack = UpperStack(self.model, self.first_layer, batch)
+        stack = UpperStack(self.model, self.first_layer if self.config.cache_lower else 0, batch)
         self._set_trainable(True)
         try:
             # A fresh Adam per edit (the adapter persists, the optimiser state does not), as EasyEdit does.
