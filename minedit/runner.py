@@ -72,6 +72,7 @@ def max_prompt_tokens(model) -> int:
 def measure_latency(model, tokenizer, requests: Sequence[EditRequest], config: RunConfig) -> float:
     """Fastest wall time of scoring the edit prompts of ``requests`` (prefill plus continuation)."""
     pairs = [encode_pair(tokenizer, r.prompt, r.target) for r in requests[: config.latency_prompts]]
+    predict_tokens(model, pairs, pad_id(tokenizer), config.score_batch_size)  # warm-up: first calls allocate
     times = []
     for _ in range(config.latency_repeats):
         start = time.perf_counter()
