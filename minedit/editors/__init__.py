@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 from .base import Editor, EditorConfig, config_from_dict, read_saved
+from .elder import ElderConfig, ElderEditor
 from .ft import FTConfig, FTEditor
 from .grace import GraceEditor
 from .lora import LoRAEditor, LoRAEditorConfig
@@ -12,6 +13,7 @@ from .none import NoneEditor
 EDITORS: dict[str, type[Editor]] = {
     NoneEditor.name: NoneEditor,
     GraceEditor.name: GraceEditor,
+    ElderEditor.name: ElderEditor,
     FTEditor.name: FTEditor,
     LoRAEditor.name: LoRAEditor,
 }
@@ -41,5 +43,5 @@ def load_editor(directory: "str | os.PathLike", model, tokenizer) -> Editor:
     return get_editor(meta.get("editor", "?")).load(directory, model, tokenizer)
 
 
-__all__ = ["EDITORS", "Editor", "EditorConfig", "FTConfig", "FTEditor", "LoRAEditor", "LoRAEditorConfig", "NoneEditor",
+__all__ = ["EDITORS", "Editor", "EditorConfig", "ElderConfig", "ElderEditor", "FTConfig", "FTEditor", "LoRAEditor", "LoRAEditorConfig", "NoneEditor",
            "config_from_dict", "get_editor", "load_editor", "make_editor"]
