@@ -31,7 +31,7 @@ torch.manual_seed(0)
 logging.getLogger("transformers").setLevel(logging.ERROR)
 sns.set_theme(style="whitegrid")
 model, tokenizer = load_model("smollm2-135m")
-T = 10
+T = 8
 edits = list(load_edits("zsre:../data_samples/zsre_sample.json")[:T])
 reference = reference_predictions(model, tokenizer, edits)  # the unedited model's answers, for locality
 FAST = RunConfig(progress=False, exact=False)
@@ -49,7 +49,7 @@ def rescore(editor) -> dict:
 
 # %% [markdown]
 # ## 1. The published form, one mechanism at a time
-# Every run applies the same 10 ZsRE-format edits in sequence and then scores all of them (retention).
+# Every run applies the same 8 ZsRE-format edits in sequence and then scores all of them (retention).
 #
 # **(a) Mixture only.** 8 rank-8 LoRA experts on the MLP output of layers 18–20, a top-2 softmax router per layer
 # over the sequence feature, trained per edit on the LM loss. No guided loss (`guided_weight=0`), and a Hamming
@@ -98,7 +98,7 @@ ax.set(title=f"ELDER (published) after {T} edits: Hamming threshold", ylim=(-0.0
 
 # %% [markdown]
 # ## 3. Interference: what the published form forgets
-# The same run under both protocols: right after each edit (*immediate*) the edit is in; after all ten
+# The same run under both protocols: right after each edit (*immediate*) the edit is in; after all eight
 # (*retention*) most are gone. Later edits are guided to presets drawn from the same 8 experts, so they overwrite
 # what earlier edits stored there, and the router's rows drift towards the newest edit.
 
