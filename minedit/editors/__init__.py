@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from .base import Editor, EditorConfig, config_from_dict, read_saved
+from .base import Editor, EditorConfig, config_from_dict, read_meta
 from .elder import ElderConfig, ElderEditor
 from .ft import FTConfig, FTEditor
 from .grace import GraceEditor
@@ -39,8 +39,7 @@ def make_editor(name: str, model, tokenizer, **overrides) -> Editor:
 
 def load_editor(directory: "str | os.PathLike", model, tokenizer) -> Editor:
     """Rebuild any saved editor on ``model``: the registry picks the class named in ``editor.json``."""
-    meta, _ = read_saved(directory)
-    return get_editor(meta.get("editor", "?")).load(directory, model, tokenizer)
+    return get_editor(read_meta(directory).get("editor", "?")).load(directory, model, tokenizer)
 
 
 __all__ = ["EDITORS", "Editor", "EditorConfig", "ElderConfig", "ElderEditor", "FTConfig", "FTEditor", "LoRAEditor", "LoRAEditorConfig", "NoneEditor",

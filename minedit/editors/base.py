@@ -163,16 +163,21 @@ class Editor:
         return editor
 
 
-def read_saved(directory: "str | os.PathLike") -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The metadata and tensors of a saved editor folder (safetensors only, never pickle)."""
+def read_meta(directory: "str | os.PathLike") -> dict[str, Any]:
+    """The metadata (``editor.json``) of a saved editor folder."""
     directory = Path(directory)
     if not (directory / META_FILE).is_file() or not (directory / STATE_FILE).is_file():
         raise FileNotFoundError(f"{directory}: not a saved editor (needs {META_FILE} and {STATE_FILE})")
     try:
-        meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
+        return json.loads((directory / META_FILE).read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{directory / META_FILE}: malformed JSON ({err.msg})") from None
-    return meta, load_file(str(directory / STATE_FILE))
+
+
+def read_saved(directory: "str | os.PathLike") -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The metadata and tensors of a saved editor folder (safetensors only, never pickle)."""
+    meta = read_meta(directory)
+    return meta, load_file(str(Path(directory) / STATE_FILE))
 
 
 def config_from_dict(config_class: type, values: dict[str, Any]):
