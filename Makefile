@@ -24,12 +24,13 @@ $(STAMP): pyproject.toml
 prepare: setup
 	$(PY) -m minedit prepare
 
-# 30 sequential edits on SmolLM2: the unedited baseline, GRACE, and ELDER (retention protocol).
+# 30 sequential edits on SmolLM2 (the unedited baseline, GRACE, ELDER), then 20 image edits on tiny-llava (GRACE).
 demo: prepare
 	$(PY) -m minedit bench --model smollm2-135m --editor none --edits 30 --protocol retention --out runs/demo-none
 	$(PY) -m minedit bench --model smollm2-135m --editor grace --edits 30 --protocol retention --out runs/demo-grace
 	$(PY) -m minedit bench --model smollm2-135m --editor elder --edits 30 --protocol retention --out runs/demo-elder
-	@echo "demo results: runs/demo-{none,grace,elder}/results.json and results.png"
+	$(PY) -m minedit bench --model tiny-llava --editor grace --edits 20 --protocol retention --out runs/demo-vlm-grace
+	@echo "demo results: runs/demo-{none,grace,elder,vlm-grace}/results.json and results.png"
 
 test: prepare
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n $(WORKERS) --dist loadfile tests \

@@ -22,6 +22,8 @@ import torch
 
 from minedit.data import load_edits
 from minedit.editors import config_from_dict, get_editor
+from minedit.cli import DEFAULT_DATA
+from minedit.metrics import METRICS, MULTIMODAL_METRICS
 from minedit.models import load_model
 from minedit.runner import RunConfig, run_lifelong
 
@@ -41,7 +43,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--editors", default="none,ft,lora,grace")
     p.add_argument("--T", default="10,100,1000", help="comma-separated numbers of edits")
-    p.add_argument("--data", default=f"zsre:{ROOT / 'data_samples' / 'zsre_bench.json'}")
+    p.add_argument("--data", default=None, help="FORMAT:PATH (default: zsre_bench.json; for tiny-llava the MMEdit sample)")
     p.add_argument("--budget-minutes", type=float, default=30.0, help="skip a T whose projected run passes this")
     p.add_argument("--set", action="append", default=[], metavar="EDITOR.KEY=VALUE", help="config override")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "edit_scaling.json"))
@@ -49,6 +51,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
 
     sizes = [int(t) for t in args.T.split(",")]
+    if args.data is None:
+        args.data = DEFAULT_DATA["tiny-llava"] if args.model == "tiny-llava" else f"zsre:{ROOT / 'data_samples' / 'zsre_bench.json'}"
     requests = load_edits(args.data, limit=max(sizes))
     model, tokenizer = load_model(args.model)
     overrides: dict[str, dict] = {}
@@ -76,21 +80,23 @@ def main(argv=None) -> int:
             row = {"editor": name, "T": T, "seconds_per_edit": run.seconds_per_edit,
                    "inference_overhead": run.inference_overhead, "state_bytes_per_edit": state_bytes(editor) / T,
                    "peak_rss_mb": peak_rss_mb(), "wall_seconds": wall,
-                   **{k: run.metrics[k] for k in ("rel", "gen", "loc")}}
+                   **{k: v for k, v in run.metrics.items() if not k.endswith("_em")}}
             rows.append(row)
             editor.restore()
             print(json.dumps(row), file=sys.stderr, flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=1) + "\n")
-    header = f"{'editor':<8}{'T':>6}{'s/edit':>9}{'overhead':>10}{'KB/edit':>9}{'peakMB':>8}{'rel':>7}{'gen':>7}{'loc':>7}"
+    metrics = [k for k in next((r for r in rows if "skipped" not in r), {}) if k in METRICS + MULTIMODAL_METRICS]
+    metrics = list(dict.fromkeys(metrics))
+    header = f"{'editor':<8}{'T':>6}{'s/edit':>9}{'overhead':>10}{'KB/edit':>9}{'peakMB':>8}" + "".join(f"{m:>7}" for m in metrics)
     print(header)
     for r in rows:
         if "skipped" in r:
             print(f"{r['editor']:<8}{r['T']:>6}  skipped: {r['skipped']}")
         else:
             print(f"{r['editor']:<8}{r['T']:>6}{r['seconds_per_edit']:>9.3f}{r['inference_overhead']:>10.3f}"
-                  f"{r['state_bytes_per_edit'] / 1024:>9.1f}{r['peak_rss_mb']:>8.0f}{r['rel']:>7.3f}{r['gen']:>7.3f}{r['loc']:>7.3f}")
+                  f"{r['state_bytes_per_edit'] / 1024:>9.1f}{r['peak_rss_mb']:>8.0f}" + "".join(f"{r[m]:>7.3f}" for m in metrics))
     return 0
 
 

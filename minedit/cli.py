@@ -19,7 +19,10 @@ from .data import DataError
 from .models import ModelLoadError
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data_samples"
-DEFAULT_DATA = {"default": f"zsre:{SAMPLES / 'zsre_sample.json'}"}
+DEFAULT_DATA = {
+    "default": f"zsre:{SAMPLES / 'zsre_sample.json'}",
+    "tiny-llava": f"mmedit:{SAMPLES / 'mmedit_world' / 'vqa_sample.json'}",
+}
 USER_ERRORS = (DataError, ModelLoadError, UnknownArchitectureError, KeyError, ValueError, FileNotFoundError)
 
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from PIL import Image, UnidentifiedImageError
+
 log = logging.getLogger(__name__)
 
 
@@ -150,6 +152,11 @@ def _image(rec: dict, key: str, path: Path, index: int, required: bool) -> str |
     image = (path.parent / name).resolve()
     if not image.is_file():
         raise DataError(path, f"image file not found: {image}", index, key)
+    try:
+        with Image.open(image) as img:
+            img.verify()  # reads the header and checks the data, without decoding the pixels
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise DataError(path, f"not a readable image: {image} ({type(err).__name__})", index, key) from None
     return str(image)
 
 

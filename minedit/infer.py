@@ -7,41 +7,62 @@ generation see the same decision. ``tests/test_metrics.py`` checks this equals o
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 
+from .vision import expand_ids, pixel_values, render_prompt, text_tokenizer
+
 
 @dataclass(frozen=True)
 class Pair:
-    """A prompt and the continuation to score, as token ids."""
+    """A prompt and the continuation to score, as token ids; ``pixel_values`` (1, 3, H, W) when the
+    prompt asks about an image (its image tokens are in ``prompt_ids``)."""
 
     prompt_ids: tuple[int, ...]
     target_ids: tuple[int, ...]
+    pixel_values: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
 
-def encode_pair(tokenizer, prompt: str, target: str) -> Pair:
+def encode_pair(tokenizer, prompt: str, target: str, image=None) -> Pair:
     """Tokenise ``target`` exactly as it follows ``prompt`` in training: with its leading space.
 
     The target ids are the tail of ``tokenize(prompt + " " + target)`` after the prompt's ids, so a
     scored target and a trained target are the same tokens (scoring ``target`` alone, without the
     space, gives other tokens on byte-level BPE tokenizers and understates every editor).
+
+    With ``image`` (a path or PIL image; ``tokenizer`` is then the model's processor), ``prompt`` is
+    a question about the image, rendered by the processor's chat template (:mod:`minedit.vision`).
     """
+    pixels = None
+    if image is not None:  # a question about an image: the chat template, image tokens expanded
+        prompt, pixels = render_prompt(tokenizer, prompt), pixel_values(tokenizer, image)
     sep = "" if prompt.endswith((" ", "\n")) or target.startswith(" ") else " "
-    prompt_ids = tokenizer(prompt).input_ids
-    full_ids = tokenizer(prompt + sep + target).input_ids
+    if pixels is None:
+        tokenizer = text_tokenizer(tokenizer)
+        prompt_ids, full_ids = tokenizer(prompt).input_ids, tokenizer(prompt + sep + target).input_ids
+    else:
+        prompt_ids, full_ids = expand_ids(tokenizer, prompt, pixels), expand_ids(tokenizer, prompt + sep + target, pixels)
+        tokenizer = text_tokenizer(tokenizer)
     if full_ids[: len(prompt_ids)] == prompt_ids and len(full_ids) > len(prompt_ids):
         target_ids = full_ids[len(prompt_ids):]
     else:  # the tokenizer merged across the boundary: fall back to the target on its own
         target_ids = tokenizer(sep + target, add_special_tokens=False).input_ids
     if not target_ids:
         raise ValueError(f"target {target!r} tokenises to nothing")
-    return Pair(tuple(prompt_ids), tuple(target_ids))
+    return Pair(tuple(prompt_ids), tuple(target_ids), pixels)
 
 
 def pad_id(tokenizer) -> int:
+    tokenizer = text_tokenizer(tokenizer)
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def stack_pixels(pixels: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
+    """The pixel values of the rows that have an image, in row order (LLaVA fills image tokens in order)."""
+    present = [p for p in pixels if p is not None]
+    return torch.cat(present) if present else None
 
 
 def left_pad(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,7 +97,8 @@ def continuation_logits(model, pairs: Sequence[Pair], pad: int) -> tuple[torch.T
     prompt, prompt_mask = left_pad([p.prompt_ids for p in pairs], pad)
     target, target_mask = right_pad([p.target_ids for p in pairs], pad)
     positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=prompt, attention_mask=prompt_mask, position_ids=positions, use_cache=True)
+    images = {"pixel_values": pv} if (pv := stack_pixels([p.pixel_values for p in pairs])) is not None else {}
+    out = model(input_ids=prompt, attention_mask=prompt_mask, position_ids=positions, use_cache=True, **images)
     logits = [out.logits[:, -1:]]  # (B, 1, V): predicts target[0]
     if target.shape[1] > 1:
         rest = target[:, :-1]
@@ -104,9 +126,10 @@ def predict_tokens(model, pairs: Sequence[Pair], pad: int, batch_size: int = 32)
 
 @torch.inference_mode()
 def generate_greedy(model, prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], pad: int,
-                    batch_size: int = 32) -> list[list[int]]:
+                    batch_size: int = 32, pixels: Sequence[torch.Tensor | None] | None = None) -> list[list[int]]:
     """Greedy continuation ids of each prompt: at most ``max_new_tokens[i]`` tokens, up to and including
-    the end-of-sequence token when the model stops (as ``generate`` would)."""
+    the end-of-sequence token when the model stops (as ``generate`` would). ``pixels[i]``: the image
+    of prompt ``i`` for a vision-language model (None for a text-only prompt)."""
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     eos = eos[0] if isinstance(eos, list) else eos
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -115,8 +138,10 @@ def generate_greedy(model, prompts: Sequence[Sequence[int]], max_new_tokens: Seq
         chunk = order[start: start + batch_size]
         ids, mask = left_pad([prompts[i] for i in chunk], pad)
         steps = max(max_new_tokens[i] for i in chunk)
+        pv = stack_pixels([pixels[i] for i in chunk]) if pixels is not None else None
+        images = {"pixel_values": pv} if pv is not None else {}
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps, do_sample=False,
-                             pad_token_id=pad, temperature=None, top_p=None, top_k=None)
+                             pad_token_id=pad, temperature=None, top_p=None, top_k=None, **images)
         for row, i in enumerate(chunk):
             tokens = out[row, ids.shape[1]: ids.shape[1] + max_new_tokens[i]].tolist()
             result[i] = tokens[: tokens.index(eos) + 1] if eos is not None and eos in tokens else tokens

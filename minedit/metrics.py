@@ -9,6 +9,9 @@
   the target as whole words. Token accuracy gives partial credit per token given the gold prefix;
   exact match asks for the whole answer the way a user sees it, so the two disagree on multi-token
   targets (notebook 00 shows where).
+For image edits (MMEdit, LiveEdit): **T-Gen** rephrases the question, **M-Gen** asks it about
+another picture of the same thing, **T-Loc** is a text-only prompt and **M-Loc** an unrelated
+image question (both scored like Loc), and Rel/T-Gen/M-Gen also get exact match.
 Targets are tokenised with their leading space, as they follow the prompt (:func:`infer.encode_pair`).
 """
 from __future__ import annotations
@@ -22,8 +25,10 @@ import torch
 
 from .data import EditRequest
 from .infer import Pair, encode_pair, generate_greedy, pad_id, predict_tokens
+from .vision import text_tokenizer
 
 METRICS = ("rel", "gen", "loc", "rel_em", "gen_em")
+MULTIMODAL_METRICS = ("rel", "t_gen", "m_gen", "t_loc", "m_loc", "rel_em", "t_gen_em", "m_gen_em")
 _EXTRA_TOKENS = 2  # generate a little past the target so "Paris" vs "Parisian" is told apart
 
 
@@ -58,8 +63,33 @@ def nanmean(values: Sequence[float]) -> float:
     return _mean([v for v in values if not math.isnan(v)])
 
 
+def _is_multimodal(request: EditRequest) -> bool:
+    return request.image is not None
+
+
+def target_probes(tokenizer, request: EditRequest) -> list[tuple[str, Pair]]:
+    """(metric, pair) for every prompt that must now give the target: rel, then gen or t_gen / m_gen."""
+    if not _is_multimodal(request):
+        return [("rel", encode_pair(tokenizer, request.prompt, request.target)),
+                *(("gen", encode_pair(tokenizer, p, request.target)) for p in request.rephrases)]
+    probes = [("rel", encode_pair(tokenizer, request.prompt, request.target, request.image)),
+              *(("t_gen", encode_pair(tokenizer, p, request.target, request.image)) for p in request.rephrases)]
+    if request.image_rephrase is not None:
+        probes.append(("m_gen", encode_pair(tokenizer, request.prompt, request.target, request.image_rephrase)))
+    return probes
+
+
+def locality_probes(tokenizer, request: EditRequest) -> list[tuple[str, Pair]]:
+    """(metric, pair) for every prompt whose predictions must not change: loc, or t_loc / m_loc."""
+    text = "t_loc" if _is_multimodal(request) else "loc"
+    probes = [(text, encode_pair(tokenizer, loc.prompt, loc.answer)) for loc in request.locality]
+    if request.m_loc_image is not None:
+        probes.append(("m_loc", encode_pair(tokenizer, request.m_loc_question, request.m_loc_answer, request.m_loc_image)))
+    return probes
+
+
 def locality_pairs(tokenizer, request: EditRequest) -> list[Pair]:
-    return [encode_pair(tokenizer, loc.prompt, loc.answer) for loc in request.locality]
+    return [pair for _, pair in locality_probes(tokenizer, request)]
 
 
 def reference_predictions(model, tokenizer, requests: Sequence[EditRequest], batch_size: int = 32) -> list[list[torch.Tensor]]:
@@ -75,42 +105,39 @@ def reference_predictions(model, tokenizer, requests: Sequence[EditRequest], bat
 
 def score_requests(model, tokenizer, requests: Sequence[EditRequest], reference: Sequence[Sequence[torch.Tensor]] | None = None,
                    batch_size: int = 32, exact: bool = True) -> list[dict[str, float]]:
-    """Per-request ``rel, gen, loc, rel_em, gen_em`` (NaN where a request has no such prompts).
+    """Per-request metrics: ``rel, gen, loc, rel_em, gen_em`` for text edits and ``rel, t_gen, m_gen,
+    t_loc, m_loc, rel_em, t_gen_em, m_gen_em`` for image edits (NaN where a request has no such prompt).
 
-    ``reference``: :func:`reference_predictions` of the unedited model; without it, ``loc`` is NaN.
+    ``reference``: :func:`reference_predictions` of the unedited model; without it, locality is NaN.
     """
     pad = pad_id(tokenizer)
-    rel = [encode_pair(tokenizer, r.prompt, r.target) for r in requests]
-    gen = [[encode_pair(tokenizer, p, r.target) for p in r.rephrases] for r in requests]
-    loc = [locality_pairs(tokenizer, r) if reference is not None else [] for r in requests]
-    groups = [[rel[i], *gen[i], *loc[i]] for i in range(len(requests))]
-    preds = predict_tokens(model, [p for g in groups for p in g], pad, batch_size)
-    gens: list[list[int]] = []
+    targets = [target_probes(tokenizer, r) for r in requests]
+    locs = [locality_probes(tokenizer, r) if reference is not None else [] for r in requests]
+    preds = predict_tokens(model, [p for i in range(len(requests)) for _, p in (*targets[i], *locs[i])], pad, batch_size)
+    texts: list[str] = []
     if exact:
-        asked = [p for i in range(len(requests)) for p in (rel[i], *gen[i])]
+        asked = [p for group in targets for _, p in group]
         gens = generate_greedy(model, [p.prompt_ids for p in asked], [len(p.target_ids) + _EXTRA_TOKENS for p in asked],
-                               pad, batch_size)
+                               pad, batch_size, pixels=[p.pixel_values for p in asked])
+        texts = [text_tokenizer(tokenizer).decode(ids, skip_special_tokens=True) for ids in gens]
     rows, at, at_gen = [], 0, 0
     for i, request in enumerate(requests):
-        n_gen, n_loc = len(gen[i]), len(loc[i])
-        mine = preds[at: at + 1 + n_gen + n_loc]
-        at += 1 + n_gen + n_loc
-        row = {
-            "rel": token_accuracy(mine[0], rel[i].target_ids),
-            "gen": _mean([token_accuracy(p, pair.target_ids) for p, pair in zip(mine[1: 1 + n_gen], gen[i])]),
-            "loc": _mean([(p == ref).float().mean().item() for p, ref in zip(mine[1 + n_gen:], reference[i])])
-            if reference is not None and n_loc else math.nan,
-            "rel_em": math.nan, "gen_em": math.nan,
-        }
-        if exact:
-            texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in gens[at_gen: at_gen + 1 + n_gen]]
-            at_gen += 1 + n_gen
-            row["rel_em"] = float(exact_match(texts[0], request.target))
-            row["gen_em"] = _mean([float(exact_match(t, request.target)) for t in texts[1:]])
-        rows.append(row)
+        names = MULTIMODAL_METRICS if _is_multimodal(request) else METRICS
+        scores: dict[str, list[float]] = {name: [] for name in names}
+        for name, pair in targets[i]:
+            scores[name].append(token_accuracy(preds[at], pair.target_ids))
+            if exact:
+                scores[f"{name}_em"].append(float(exact_match(texts[at_gen], request.target)))
+                at_gen += 1
+            at += 1
+        for j, (name, _) in enumerate(locs[i]):
+            scores[name].append((preds[at] == reference[i][j]).float().mean().item())
+            at += 1
+        rows.append({name: _mean(values) for name, values in scores.items()})
     return rows
 
 
 def summarize(rows: Sequence[dict[str, float]]) -> dict[str, float]:
-    """Mean of each metric over requests, ignoring NaN."""
-    return {name: nanmean([row[name] for row in rows]) for name in METRICS}
+    """Mean of each metric over requests, ignoring NaN (the multimodal set when rows have image metrics)."""
+    names = MULTIMODAL_METRICS if any("t_gen" in row for row in rows) else METRICS
+    return {name: nanmean([row.get(name, math.nan) for row in rows]) for name in names}

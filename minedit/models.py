@@ -109,7 +109,9 @@ def resolve(name_or_path: str) -> str:
 def load_model(name_or_path: str = "smollm2-135m", dtype: torch.dtype = torch.float32):
     """Return ``(model, tokenizer)`` (a processor for multimodal models), in eval mode with frozen weights.
 
-    ``name_or_path``: a bundled name (``smollm2-135m``), a local folder, or a Hugging Face hub id.
+    ``name_or_path``: a bundled name (``smollm2-135m``), a model of minedit's zoo (``tiny-llava``,
+    a LLaVA over SmolLM2: see :mod:`minedit.zoo.tiny_llava`), a local folder, or a Hugging Face hub id.
+    Multimodal models (``config.model_type`` llava, llava_next) come with their processor.
     """
     with _quiet_progress():
         return _load(name_or_path, dtype)
@@ -132,11 +134,17 @@ def _quiet_progress():
 def _load(name_or_path: str, dtype: torch.dtype):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor, AutoTokenizer
 
+    from .zoo import ZOO
+
+    if name_or_path in ZOO:  # built by minedit itself; the artifact ships in data_samples/
+        from .zoo import tiny_llava
+
+        return tiny_llava.load(dtype)
     source = resolve(name_or_path)
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as err:
-        bundled = ", ".join(BUNDLED)
+        bundled = ", ".join([*BUNDLED, *ZOO])
         raise ModelLoadError(
             f"unknown model {name_or_path!r}: not a bundled model ({bundled}), not a local folder, "
             f"and not loadable from the hub ({type(err).__name__})"

@@ -9,13 +9,13 @@ import seaborn as sns
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from .metrics import METRICS
+from .metrics import METRICS, MULTIMODAL_METRICS
 
 
 def edit_curves(rows: Sequence[dict], title: str = "", window: int = 10, ax=None) -> Figure:
     """Each metric per edit (rolling mean over ``window`` edits) against the edit's position in the sequence."""
     frame = pd.DataFrame(rows)
-    present = [m for m in METRICS if m in frame and frame[m].notna().any()]
+    present = [m for m in dict.fromkeys(METRICS + MULTIMODAL_METRICS) if m in frame and frame[m].notna().any()]
     long = frame.melt(id_vars="index", value_vars=present, var_name="metric", value_name="score").dropna()
     long["score"] = long.groupby("metric")["score"].transform(lambda s: s.rolling(window, min_periods=1).mean())
     if ax is None:

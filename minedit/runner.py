@@ -20,6 +20,7 @@ from .data import DataError, EditRequest
 from .editors.base import Editor
 from .infer import encode_pair, pad_id, predict_tokens
 from .metrics import reference_predictions, score_requests, summarize
+from .vision import text_tokenizer
 
 log = logging.getLogger(__name__)
 PROTOCOLS = ("retention", "immediate")
@@ -50,12 +51,15 @@ class RunResult:
 
 
 def check_lengths(tokenizer, requests: Sequence[EditRequest], max_tokens: int) -> None:
-    """Raise :class:`DataError` naming file, record and field for a prompt over ``max_tokens`` tokens."""
+    """Raise :class:`DataError` naming file, record and field for a prompt over ``max_tokens`` tokens
+    (text tokens; an image adds its fixed number of image tokens, far below the limit)."""
+    tokenizer = text_tokenizer(tokenizer)
     for i, request in enumerate(requests):
         path, _, index = (request.source or f"request#{i}").rpartition("#")
         fields = {"prompt": request.prompt, "target": request.target,
                   **{f"rephrases[{j}]": r for j, r in enumerate(request.rephrases)},
-                  **{f"locality[{j}]": loc.prompt + " " + loc.answer for j, loc in enumerate(request.locality)}}
+                  **{f"locality[{j}]": loc.prompt + " " + loc.answer for j, loc in enumerate(request.locality)},
+                  **({"m_loc_q": request.m_loc_question} if request.m_loc_question else {})}
         for name, text in fields.items():
             n = len(tokenizer(text).input_ids)
             if n > max_tokens:
@@ -71,7 +75,7 @@ def max_prompt_tokens(model) -> int:
 
 def measure_latency(model, tokenizer, requests: Sequence[EditRequest], config: RunConfig) -> float:
     """Fastest wall time of scoring the edit prompts of ``requests`` (prefill plus continuation)."""
-    pairs = [encode_pair(tokenizer, r.prompt, r.target) for r in requests[: config.latency_prompts]]
+    pairs = [encode_pair(tokenizer, r.prompt, r.target, r.image) for r in requests[: config.latency_prompts]]
     predict_tokens(model, pairs, pad_id(tokenizer), config.score_batch_size)  # warm-up: first calls allocate
     times = []
     for _ in range(config.latency_repeats):

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .arch import arch_spec, decoder_layers
-from .infer import encode_pair, pad_id, right_pad
+from .infer import encode_pair, pad_id, right_pad, stack_pixels
 
 
 @dataclass
@@ -28,18 +28,33 @@ class EditBatch:
     attention_mask: torch.Tensor
     labels: torch.Tensor  # -100 except on target tokens
     key_positions: torch.Tensor  # index of the last prompt token of each row
+    pixel_values: torch.Tensor | None = None  # images of the rows that ask about one (vision-language edits)
+
+    def model_inputs(self) -> dict:
+        """Keyword arguments of the model's forward pass for this batch."""
+        inputs = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+        if self.pixel_values is not None:
+            inputs["pixel_values"] = self.pixel_values
+        return inputs
 
 
-def make_edit_batch(tokenizer, prompts: Sequence[str], targets: Sequence[str]) -> EditBatch:
-    """Tokenise each ``prompt`` followed by its target (with the leading space, as scored)."""
-    pairs = [encode_pair(tokenizer, p, t) for p, t in zip(prompts, targets)]
+def make_edit_batch(tokenizer, prompts: Sequence[str], targets: Sequence[str],
+                    images: Sequence[object | None] | None = None) -> EditBatch:
+    """Tokenise each ``prompt`` followed by its target (with the leading space, as scored).
+
+    ``images[i]``: the image prompt ``i`` asks about (a path), or None; ``tokenizer`` is then the
+    model's processor (see :func:`minedit.infer.encode_pair`).
+    """
+    images = list(images) if images is not None else [None] * len(prompts)
+    pairs = [encode_pair(tokenizer, p, t, image) for p, t, image in zip(prompts, targets, images)]
     seqs = [list(p.prompt_ids) + list(p.target_ids) for p in pairs]
     ids, mask = right_pad(seqs, pad_id(tokenizer))
     labels = torch.full_like(ids, -100)
     for row, p in enumerate(pairs):
         n = len(p.prompt_ids)
         labels[row, n: n + len(p.target_ids)] = torch.tensor(p.target_ids)
-    return EditBatch(ids, mask, labels, torch.tensor([len(p.prompt_ids) - 1 for p in pairs]))
+    return EditBatch(ids, mask, labels, torch.tensor([len(p.prompt_ids) - 1 for p in pairs]),
+                     stack_pixels([p.pixel_values for p in pairs]))
 
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -81,7 +96,7 @@ class UpperStack:
         handle = self.layers[0].register_forward_pre_hook(grab, with_kwargs=True)
         try:
             with torch.no_grad():
-                model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+                model(**batch.model_inputs(), use_cache=False)
         except _Stop:
             pass
         finally:

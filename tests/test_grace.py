@@ -1,7 +1,6 @@
 """GRACE: codebook rules, deferral, agreement between scoring and generate, restore, save/load, architectures."""
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from minedit.data import EditRequest, LocalityPrompt
 from minedit.editors import load_editor
@@ -13,15 +12,8 @@ from minedit.models import load_model
 
 @pytest.fixture(scope="module")
 def smol():
+    """A copy of SmolLM2 of this module's own: these tests edit it (and restore it)."""
     return load_model("smollm2-135m")
-
-
-def _tiny(kind: str, vocab: int):
-    torch.manual_seed(0)
-    if kind == "gpt2":
-        return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=32, n_layer=3, n_head=2, n_positions=128)).eval()
-    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                                        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128)).eval()
 
 
 def _state(model):
@@ -122,9 +114,9 @@ def test_save_load_round_trip(smol, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
-def test_works_on_other_architectures(kind, smol):
-    _, tok = smol
-    model = _tiny(kind, len(tok))
+def test_works_on_other_architectures(kind, make_tiny, smol):
+    tok = smol[1]
+    model = make_tiny(kind, vocab_size=len(tok), n_layers=3)
     before = _state(model)
     editor = GraceEditor(model, tok, GraceConfig(layer=1, steps=200))
     request = EditRequest("What is the capital of Peru?", "Oslo")

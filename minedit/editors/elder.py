@@ -149,7 +149,7 @@ class ElderEditor(Editor):
     def _edit_one(self, request) -> dict:
         mix, c = self._install(), self.config
         gen = self._generator()
-        batch = make_edit_batch(self.tokenizer, [request.prompt], [request.target])
+        batch = make_edit_batch(self.tokenizer, [request.prompt], [request.target], [request.image])
         with mix.tracker.teacher_forcing(batch.key_positions):
             stack = UpperStack(self.model, self.first_layer, batch)  # the feature hook fires in this pass
         feature = mix.feature.value.clone()  # (1, d)

@@ -62,7 +62,7 @@ class FTEditor(Editor):
 
     def _edit_one(self, request) -> dict:
         weight = self._backup_param(self.param_name)  # the first edit keeps the original for restore()
-        batch = make_edit_batch(self.tokenizer, [request.prompt], [request.target])
+        batch = make_edit_batch(self.tokenizer, [request.prompt], [request.target], [request.image])
         # The layers below ``self.layer`` do not depend on W: run them once, re-run only the rest.
         stack = UpperStack(self.model, self.layer if self.config.cache_lower else 0, batch)
         weight.requires_grad_(True)  # the model is loaded frozen; only W learns, and only during the edit

@@ -118,7 +118,7 @@ class GraceEditor(Editor):
 
     def _edit_one(self, request) -> dict:
         book = self._install()
-        batch = make_edit_batch(self.tokenizer, [request.prompt], [request.target])
+        batch = make_edit_batch(self.tokenizer, [request.prompt], [request.target], [request.image])
         stack = UpperStack(self.model, self.layer if self.config.cache_lower else 0, batch)
         with torch.no_grad(), book.tracker.teacher_forcing(batch.key_positions), \
                 record(self.model, [f"{self.module_name}.base_layer"], point="input") as acts:

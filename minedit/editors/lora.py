@@ -97,7 +97,7 @@ class LoRAEditor(Editor):
 
     def _edit_one(self, request) -> dict:
         self._install()
-        batch = make_edit_batch(self.tokenizer, [request.prompt], [request.target])
+        batch = make_edit_batch(self.tokenizer, [request.prompt], [request.target], [request.image])
         stack = UpperStack(self.model, self.first_layer if self.config.cache_lower else 0, batch)
         self._set_trainable(True)
         try:
