@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-from .vision import expand_ids, pixel_values, render_prompt, text_tokenizer
+from .vision import expand_ids, is_multimodal, pixel_values, render_prompt, text_tokenizer
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ def encode_pair(tokenizer, prompt: str, target: str, image=None) -> Pair:
     """
     pixels = None
     if image is not None:  # a question about an image: the chat template, image tokens expanded
+        if not is_multimodal(tokenizer):
+            raise ValueError("a prompt with an image needs a vision-language model's processor, got a text tokenizer")
         prompt, pixels = render_prompt(tokenizer, prompt), pixel_values(tokenizer, image)
     sep = "" if prompt.endswith((" ", "\n")) or target.startswith(" ") else " "
     if pixels is None:

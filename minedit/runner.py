@@ -20,7 +20,7 @@ from .data import DataError, EditRequest
 from .editors.base import Editor
 from .infer import encode_pair, pad_id, predict_tokens
 from .metrics import reference_predictions, score_requests, summarize
-from .vision import text_tokenizer
+from .vision import is_multimodal, text_tokenizer
 
 log = logging.getLogger(__name__)
 PROTOCOLS = ("retention", "immediate")
@@ -53,9 +53,13 @@ class RunResult:
 def check_lengths(tokenizer, requests: Sequence[EditRequest], max_tokens: int) -> None:
     """Raise :class:`DataError` naming file, record and field for a prompt over ``max_tokens`` tokens
     (text tokens; an image adds its fixed number of image tokens, far below the limit)."""
+    multimodal = is_multimodal(tokenizer)
     tokenizer = text_tokenizer(tokenizer)
     for i, request in enumerate(requests):
         path, _, index = (request.source or f"request#{i}").rpartition("#")
+        if request.image is not None and not multimodal:
+            raise DataError(path or "requests", "asks about an image, but the model is text-only "
+                            "(use a vision-language model, e.g. --model tiny-llava)", int(index) if index.isdigit() else i, "image")
         fields = {"prompt": request.prompt, "target": request.target,
                   **{f"rephrases[{j}]": r for j, r in enumerate(request.rephrases)},
                   **{f"locality[{j}]": loc.prompt + " " + loc.answer for j, loc in enumerate(request.locality)},

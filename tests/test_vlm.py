@@ -236,3 +236,12 @@ def test_every_editor_edits_the_vlm_and_restores_it(vlm, name):
     editor.restore()
     after = model.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_image_edits_on_a_text_model_fail_with_one_line(tmp_path, capsys):
+    from minedit.cli import main
+
+    code = main(["bench", "--model", "smollm2-135m", "--data", f"mmedit:{MMEDIT_SAMPLE}", "--edits", "2", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "vqa_sample.json: record 0: field 'image': asks about an image, but the model is text-only" in err

@@ -30,7 +30,10 @@ def main(argv: list[str] | None = None) -> int:
             key, _, value = item.partition("=")
             if key not in fields:
                 parser.error(f"unknown recipe setting {key!r}; known: {', '.join(fields)}")
-            overrides[key] = json.loads(value)
+            try:
+                overrides[key] = json.loads(value)
+            except json.JSONDecodeError:
+                parser.error(f"--set {key}: {value!r} is not a number, true/false or null")
         report = build(Path(args.out) if args.out else ARTIFACT, Recipe(**overrides))
         print(json.dumps(report, indent=1))
     elif args.command == "eval":
