@@ -19,11 +19,11 @@ def edit_curves(rows: Sequence[dict], title: str = "", window: int = 10, ax=None
     long = frame.melt(id_vars="index", value_vars=present, var_name="metric", value_name="score").dropna()
     long["score"] = long.groupby("metric")["score"].transform(lambda s: s.rolling(window, min_periods=1).mean())
     if ax is None:
-        _, ax = plt.subplots(figsize=(7, 3.5))
+        _, ax = plt.subplots(figsize=(8, 3.5))
     fig = ax.figure
     sns.lineplot(data=long, x="index", y="score", hue="metric", ax=ax)
     ax.set(xlabel="edit index (order of application)", ylabel=f"score (rolling mean, {window} edits)", ylim=(-0.05, 1.05), title=title)
-    ax.legend(loc="lower left", ncols=len(present), fontsize="small")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small", frameon=False)
     fig.tight_layout()
     return fig
 
