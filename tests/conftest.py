@@ -113,3 +113,19 @@ def build_tiny_llava(n_layers: int = 3, seed: int = 0):
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+def edit_score_restore(editor, request) -> dict:
+    """Apply one edit with ``editor``, score it on the edited model, restore, and assert that every tensor of
+    the model is bit-exactly back (and no tensor was added or dropped). Returns the request's scores."""
+    from minedit.metrics import reference_predictions, score_requests
+
+    model, tok = editor.model, editor.tokenizer
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    reference = reference_predictions(model, tok, [request])
+    editor.edit(request)
+    scores = score_requests(model, tok, [request], reference, exact=False)[0]
+    editor.restore()
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    return scores

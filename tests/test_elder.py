@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from conftest import edit_score_restore
 from minedit.data import EditRequest, LocalityPrompt
 from minedit.editors import ElderConfig, ElderEditor, load_editor, make_editor
 from minedit.infer import encode_pair, generate_greedy, pad_id, predict_tokens
@@ -95,13 +96,6 @@ def test_config_checks(smol):
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
 def test_works_on_tiny_models(kind, make_tiny, smol_tokenizer):
     tok = smol_tokenizer
-    model = make_tiny(kind, vocab_size=len(tok))
-    before = _state(model)
-    editor = ElderEditor(model, tok, ElderConfig(steps=100, lr=3e-2))
+    editor = ElderEditor(make_tiny(kind, vocab_size=len(tok)), tok, ElderConfig(steps=100, lr=3e-2))
     assert editor.layers == [1, 2] and editor.feature_layer == 0
-    request = EditRequest("What is the capital of Peru?", "Oslo")
-    ref = reference_predictions(model, tok, [request])
-    editor.edit(request)
-    assert score_requests(model, tok, [request], ref, exact=False)[0]["rel"] == 1.0
-    editor.restore()
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert edit_score_restore(editor, EditRequest("What is the capital of Peru?", "Oslo"))["rel"] == 1.0

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from conftest import edit_score_restore
 from minedit.data import EditRequest, LocalityPrompt
 from minedit.editors import load_editor
 from minedit.editors.grace import GraceCodebook, GraceConfig, GraceEditor
@@ -116,12 +117,5 @@ def test_save_load_round_trip(smol, tmp_path):
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
 def test_works_on_other_architectures(kind, make_tiny, smol):
     tok = smol[1]
-    model = make_tiny(kind, vocab_size=len(tok), n_layers=3)
-    before = _state(model)
-    editor = GraceEditor(model, tok, GraceConfig(layer=1, steps=200))
-    request = EditRequest("What is the capital of Peru?", "Oslo")
-    ref = reference_predictions(model, tok, [request])
-    editor.edit(request)
-    assert score_requests(model, tok, [request], ref, exact=False)[0]["rel"] == 1.0
-    editor.restore()
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    editor = GraceEditor(make_tiny(kind, vocab_size=len(tok), n_layers=3), tok, GraceConfig(layer=1, steps=200))
+    assert edit_score_restore(editor, EditRequest("What is the capital of Peru?", "Oslo"))["rel"] == 1.0

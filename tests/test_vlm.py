@@ -10,11 +10,11 @@ from PIL import Image
 
 from minedit import world
 from minedit.data import DataError, load_edits
-from minedit.infer import Pair, continuation_logits, encode_pair, pad_id, predict_tokens
+from minedit.infer import continuation_logits, encode_pair, pad_id, predict_tokens
 from minedit.metrics import MULTIMODAL_METRICS, reference_predictions, score_requests
 from minedit.vision import expand_ids, pixel_values, render_prompt
 
-from conftest import SAMPLES
+from conftest import SAMPLES, edit_score_restore
 
 MMEDIT_SAMPLE = SAMPLES / "mmedit_world" / "vqa_sample.json"
 
@@ -227,15 +227,9 @@ def test_every_editor_edits_the_vlm_and_restores_it(vlm, name):
     from minedit.editors import make_editor
 
     model, processor = vlm
-    before = {k: v.clone() for k, v in model.state_dict().items()}
     request = load_edits(f"mmedit:{MMEDIT_SAMPLE}", limit=1)[0]
-    editor = make_editor(name, model, processor)
-    editor.edit(request)
-    row = score_requests(model, processor, [request], exact=False)[0]
+    row = edit_score_restore(make_editor(name, model, processor), request)
     assert row["rel"] == 1.0, row
-    editor.restore()
-    after = model.state_dict()
-    assert after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_image_edits_on_a_text_model_fail_with_one_line(tmp_path, capsys):
