@@ -27,8 +27,6 @@ from minedit import world
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "mmedit_world"
 N_RECORDS = 220
-ANSWERS = {"colour": tuple(world.COLOURS), "shape": world.SHAPES, "count": world.COUNTS,
-           "position": world.POSITIONS, "digit": world.DIGITS}
 
 
 def _unrelated(rng: random.Random, scene: world.Scene) -> world.Scene:
@@ -52,7 +50,7 @@ def make_records(n: int, seed: int, images: Path, loc_pool: list[dict]) -> list[
         kind = rng.choice(scene.question_kinds)
         question, rephrase = rng.sample(world.QUESTIONS[kind], 2)
         truth = scene.answer(kind)
-        alt = rng.choice([a for a in ANSWERS[kind] if a != truth])
+        alt = rng.choice([a for a in world.ANSWERS[kind] if a != truth])
         other = _unrelated(rng, scene)
         other_kind = rng.choice(other.question_kinds)
         loc = loc_pool[i % len(loc_pool)]

@@ -63,13 +63,13 @@ def nanmean(values: Sequence[float]) -> float:
     return _mean([v for v in values if not math.isnan(v)])
 
 
-def _is_multimodal(request: EditRequest) -> bool:
+def _asks_about_image(request: EditRequest) -> bool:
     return request.image is not None
 
 
 def target_probes(tokenizer, request: EditRequest) -> list[tuple[str, Pair]]:
     """(metric, pair) for every prompt that must now give the target: rel, then gen or t_gen / m_gen."""
-    if not _is_multimodal(request):
+    if not _asks_about_image(request):
         return [("rel", encode_pair(tokenizer, request.prompt, request.target)),
                 *(("gen", encode_pair(tokenizer, p, request.target)) for p in request.rephrases)]
     probes = [("rel", encode_pair(tokenizer, request.prompt, request.target, request.image)),
@@ -81,7 +81,7 @@ def target_probes(tokenizer, request: EditRequest) -> list[tuple[str, Pair]]:
 
 def locality_probes(tokenizer, request: EditRequest) -> list[tuple[str, Pair]]:
     """(metric, pair) for every prompt whose predictions must not change: loc, or t_loc / m_loc."""
-    text = "t_loc" if _is_multimodal(request) else "loc"
+    text = "t_loc" if _asks_about_image(request) else "loc"
     probes = [(text, encode_pair(tokenizer, loc.prompt, loc.answer)) for loc in request.locality]
     if request.m_loc_image is not None:
         probes.append(("m_loc", encode_pair(tokenizer, request.m_loc_question, request.m_loc_answer, request.m_loc_image)))
@@ -122,7 +122,7 @@ def score_requests(model, tokenizer, requests: Sequence[EditRequest], reference:
         texts = [text_tokenizer(tokenizer).decode(ids, skip_special_tokens=True) for ids in gens]
     rows, at, at_gen = [], 0, 0
     for i, request in enumerate(requests):
-        names = MULTIMODAL_METRICS if _is_multimodal(request) else METRICS
+        names = MULTIMODAL_METRICS if _asks_about_image(request) else METRICS
         scores: dict[str, list[float]] = {name: [] for name in names}
         for name, pair in targets[i]:
             scores[name].append(token_accuracy(preds[at], pair.target_ids))

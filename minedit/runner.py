@@ -57,9 +57,10 @@ def check_lengths(tokenizer, requests: Sequence[EditRequest], max_tokens: int) -
     tokenizer = text_tokenizer(tokenizer)
     for i, request in enumerate(requests):
         path, _, index = (request.source or f"request#{i}").rpartition("#")
+        path, index = path or "requests", int(index) if index.isdigit() else i
         if request.image is not None and not multimodal:
-            raise DataError(path or "requests", "asks about an image, but the model is text-only "
-                            "(use a vision-language model, e.g. --model tiny-llava)", int(index) if index.isdigit() else i, "image")
+            raise DataError(path, "asks about an image, but the model is text-only "
+                            "(use a vision-language model, e.g. --model tiny-llava)", index, "image")
         fields = {"prompt": request.prompt, "target": request.target,
                   **{f"rephrases[{j}]": r for j, r in enumerate(request.rephrases)},
                   **{f"locality[{j}]": loc.prompt + " " + loc.answer for j, loc in enumerate(request.locality)},
@@ -67,8 +68,7 @@ def check_lengths(tokenizer, requests: Sequence[EditRequest], max_tokens: int) -
         for name, text in fields.items():
             n = len(tokenizer(text).input_ids)
             if n > max_tokens:
-                raise DataError(path or "requests", f"too long: {n} tokens, the limit is {max_tokens}",
-                                int(index) if index.isdigit() else i, name)
+                raise DataError(path, f"too long: {n} tokens, the limit is {max_tokens}", index, name)
 
 
 def max_prompt_tokens(model) -> int:

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .arch import arch_spec, decoder_layers
-from .infer import encode_pair, pad_id, right_pad, stack_pixels
+from .infer import Pair, encode_pair, pad_id, right_pad, stack_pixels
 
 
 @dataclass
@@ -47,8 +47,13 @@ def make_edit_batch(tokenizer, prompts: Sequence[str], targets: Sequence[str],
     """
     images = list(images) if images is not None else [None] * len(prompts)
     pairs = [encode_pair(tokenizer, p, t, image) for p, t, image in zip(prompts, targets, images)]
+    return batch_from_pairs(pairs, pad_id(tokenizer))
+
+
+def batch_from_pairs(pairs: Sequence[Pair], pad: int) -> EditBatch:
+    """Right-pad encoded pairs into one batch, labels on the target tokens only."""
     seqs = [list(p.prompt_ids) + list(p.target_ids) for p in pairs]
-    ids, mask = right_pad(seqs, pad_id(tokenizer))
+    ids, mask = right_pad(seqs, pad)
     labels = torch.full_like(ids, -100)
     for row, p in enumerate(pairs):
         n = len(p.prompt_ids)
@@ -117,18 +122,23 @@ class UpperStack:
         return self.head(self.hidden_states())
 
     def target_loss(self, labels: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """LM loss and token accuracy on the labelled positions only.
+        """LM loss and token accuracy on the labelled positions only (see :func:`target_loss`)."""
+        return target_loss(self.hidden_states(), self.head, labels)
 
-        The LM head (a vocabulary-sized matmul) runs only where a target token is predicted, which
-        on short edit prompts is a large part of each step's cost.
-        """
-        h = self.hidden_states()[:, :-1]  # position p predicts token p + 1
-        gold = labels[:, 1:]
-        keep = gold != -100
-        logits = self.head(h[keep])  # (N, V)
-        gold = gold[keep]
-        loss = F.cross_entropy(logits, gold)
-        return loss, (logits.argmax(-1) == gold).float().mean().item()
+
+def target_loss(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Next-token loss and token accuracy of final hidden states (B, L, d) on the labelled positions.
+
+    The LM head (a vocabulary-sized matmul) runs only where a target token is predicted, which on
+    short edit prompts is a large part of each step's cost.
+    """
+    h = hidden[:, :-1]  # position p predicts token p + 1
+    gold = labels[:, 1:]
+    keep = gold != -100
+    logits = head(h[keep])  # (N, V)
+    gold = gold[keep]
+    loss = F.cross_entropy(logits, gold)
+    return loss, (logits.argmax(-1) == gold).float().mean().item()
 
 
 def optimize(params: Iterable[torch.Tensor], step_loss: Callable[[], tuple[torch.Tensor, float]], steps: int,

@@ -32,6 +32,10 @@ COUNTS = ("one", "two", "three", "four")
 POSITIONS = ("left", "right", "top", "bottom")
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
+# Every possible answer of each question kind, in a fixed order (class indices for classifiers).
+ANSWERS: dict[str, tuple[str, ...]] = {"colour": tuple(COLOURS), "shape": SHAPES, "count": COUNTS,
+                                       "position": POSITIONS, "digit": DIGITS}
+
 # Seven-segment layout: which of the segments a (top), b (top right), c (bottom right), d (bottom),
 # e (bottom left), f (top left), g (middle) each digit lights.
 SEGMENTS = ("abcdef", "bc", "abdeg", "abcdg", "bcfg", "acdfg", "acdefg", "abc", "abcdefg", "abcdfg")

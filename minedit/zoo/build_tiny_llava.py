@@ -31,8 +31,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .. import world
-from ..infer import encode_pair, generate_greedy, pad_id, right_pad
+from ..infer import Pair, encode_pair, generate_greedy, pad_id
 from ..metrics import exact_match
+from ..training import batch_from_pairs, target_loss
 from .tiny_llava import (ARTIFACT, LANGUAGE_MODEL, TinyLlavaSpec, assemble, llava_config, make_processor, merge_lora,
                          save_artifact)
 
@@ -66,20 +67,17 @@ def _schedule(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def _image_features(tower, projector, pixels: torch.Tensor) -> torch.Tensor:
-    """(B, 16, d_lm): what LLaVA's ``get_image_features`` computes (last layer, CLS dropped)."""
-    hidden = tower(pixel_values=pixels, output_hidden_states=True).hidden_states[-1][:, 1:]
-    return projector(hidden)
-
-
-_ATTRIBUTES = {"colour": tuple(world.COLOURS), "shape": world.SHAPES, "count": world.COUNTS,
-               "position": world.POSITIONS, "digit": world.DIGITS}
+def _image_features(tower, projector, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tower's last hidden states (B, 17, d_vision) and what LLaVA's ``get_image_features``
+    computes from them: the projected patch vectors, CLS dropped (B, 16, d_lm)."""
+    hidden = tower(pixel_values=pixels, output_hidden_states=True).hidden_states[-1]
+    return hidden, projector(hidden[:, 1:])
 
 
 def _attribute_labels(scene: world.Scene) -> list[int]:
     """Class index of each attribute (-100 where the scene has none), for the CLS classifier."""
     return [values.index(scene.answer(kind)) if kind in scene.question_kinds else -100
-            for kind, values in _ATTRIBUTES.items()]
+            for kind, values in world.ANSWERS.items()]
 
 
 def align(processor, language_model, spec: TinyLlavaSpec, recipe: Recipe) -> tuple[dict, dict]:
@@ -103,7 +101,7 @@ def align(processor, language_model, spec: TinyLlavaSpec, recipe: Recipe) -> tup
     torch.manual_seed(recipe.seed)
     tower, projector = AutoModel.from_config(config.vision_config), LlavaMultiModalProjector(config)
     # A classifier on the CLS vector (discarded after the build) gives the tower a direct signal per attribute.
-    sizes = [len(v) for v in _ATTRIBUTES.values()]
+    sizes = [len(v) for v in world.ANSWERS.values()]
     classifier = torch.nn.Linear(spec.vision_hidden, sum(sizes))
 
     def dataset(n: int, held_out: bool) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -122,11 +120,12 @@ def align(processor, language_model, spec: TinyLlavaSpec, recipe: Recipe) -> tup
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, recipe.align_steps, 100))
     gen = torch.Generator().manual_seed(recipe.seed)
     unit_vocab, scale = F.normalize(vocab, dim=-1), vocab.pow(2).mean()
+
     def held_out_report() -> dict:
         tower.eval()
         projector.eval()
         with torch.no_grad():
-            out = _image_features(tower, projector, test_pixels)
+            _, out = _image_features(tower, projector, test_pixels)
             pred = (F.normalize(out, dim=-1) @ unit_vocab.T).argmax(-1)
         tower.train()
         projector.train()
@@ -139,8 +138,7 @@ def align(processor, language_model, spec: TinyLlavaSpec, recipe: Recipe) -> tup
     projector.train()
     for step in tqdm(range(recipe.align_steps), desc="align vision tower", unit="step"):
         pick = torch.randint(len(pixels), (recipe.align_batch,), generator=gen)
-        hidden = tower(pixel_values=pixels[pick], output_hidden_states=True).hidden_states[-1]
-        out = projector(hidden[:, 1:])  # what LLaVA's get_image_features computes (CLS dropped)
+        hidden, out = _image_features(tower, projector, pixels[pick])
         logits = F.normalize(out, dim=-1) @ unit_vocab.T / recipe.temperature
         loss = F.cross_entropy(logits.flatten(0, 1), slots[pick].flatten(), weight=weights)
         loss = loss + F.mse_loss(out, vocab[slots[pick]]) / scale
@@ -164,9 +162,10 @@ def align(processor, language_model, spec: TinyLlavaSpec, recipe: Recipe) -> tup
     return state, report
 
 
-def _encode(processor, example: world.Example, eos: int):
+def _encode(processor, example: world.Example, eos: int) -> Pair:
+    """The question about the example's render, answered by the one-word answer and end-of-sequence."""
     pair = encode_pair(processor, example.question, example.answer, image=example.image())
-    return list(pair.prompt_ids), list(pair.target_ids) + [eos], pair.pixel_values
+    return Pair(pair.prompt_ids, pair.target_ids + (eos,), pair.pixel_values)
 
 
 def tune(model, processor, spec: TinyLlavaSpec, recipe: Recipe) -> dict[str, torch.Tensor]:
@@ -190,13 +189,8 @@ def tune(model, processor, spec: TinyLlavaSpec, recipe: Recipe) -> dict[str, tor
     model.train()
     for step in tqdm(range(recipe.tune_steps), desc="tune language model", unit="step"):
         rows = [data[order[(step * recipe.tune_batch + j) % len(data)]] for j in range(recipe.tune_batch)]
-        ids, mask = right_pad([p + t for p, t, _ in rows], pad_id(tokenizer))
-        labels = torch.full_like(ids, -100)
-        for r, (p, t, _) in enumerate(rows):
-            labels[r, len(p): len(p) + len(t)] = torch.tensor(t)
-        hidden = model.model(input_ids=ids, attention_mask=mask, pixel_values=torch.cat([px for *_, px in rows])).last_hidden_state
-        keep = labels[:, 1:] != -100
-        loss = F.cross_entropy(model.lm_head(hidden[:, :-1][keep]), labels[:, 1:][keep])
+        batch = batch_from_pairs(rows, pad_id(tokenizer))
+        loss, _ = target_loss(model.model(**batch.model_inputs()).last_hidden_state, model.lm_head, batch.labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
