@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 # Two busy torch processes on two cores oversubscribe threads: each parallel worker gets one.
 WORKERS ?= 2
 
-.PHONY: setup prepare demo test test-fast lab clean
+.PHONY: setup prepare demo test test-learner test-fast notebooks lab clean
 
 setup: $(STAMP)
 
@@ -32,9 +32,21 @@ demo: prepare
 	$(PY) -m minedit bench --model tiny-llava --editor grace --edits 20 --protocol retention --out runs/demo-vlm-grace
 	@echo "demo results: runs/demo-{none,grace,elder,vlm-grace}/results.json and results.png"
 
+# The package's tests (exercise checks proven against stubs and solutions, the notebook sync gate), then the
+# executed solutions notebooks through nbval (cells marked NBVAL_CHECK_OUTPUT must reproduce their outputs).
 test: prepare
+	$(PY) tools/nbtool.py check
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n $(WORKERS) --dist loadfile tests \
-		notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+		notebooks/solutions --nbval-lax --nbval-current-env -p no:cacheprovider
+
+# The learner's notebooks, stubs and all, run top to bottom (each exercise falls back to the library).
+test-learner: prepare
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n $(WORKERS) --dist loadfile \
+		notebooks/[0-9]*.ipynb --nbval-lax --nbval-current-env -p no:cacheprovider
+
+# After editing notebooks/src/*.py: rebuild both notebooks of each source, execute the changed solutions.
+notebooks: prepare
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) tools/nbtool.py build-all --run
 
 test-fast: prepare
 	OMP_NUM_THREADS=1 $(PY) -m pytest -x -q tests

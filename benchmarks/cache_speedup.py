@@ -12,13 +12,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
-
 from minedit.data import load_edits
 from minedit.editors import make_editor
 from minedit.models import load_model
-
-ROOT = Path(__file__).resolve().parents[1]
+from minedit.paths import sample
 
 
 def timed_edits(name, model, tokenizer, requests, cache_lower: bool) -> tuple[float, list[dict]]:
@@ -34,7 +31,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--editors", default="grace,ft,lora")
     p.add_argument("--edits", type=int, default=10)
-    p.add_argument("--data", default=f"zsre:{ROOT / 'data_samples' / 'zsre_sample.json'}")
+    p.add_argument("--data", default=f"zsre:{sample('zsre_sample.json')}")
     args = p.parse_args(argv)
     model, tokenizer = load_model("smollm2-135m")
     requests = list(load_edits(args.data, limit=args.edits))

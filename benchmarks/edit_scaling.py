@@ -22,9 +22,11 @@ import torch
 
 from minedit.data import load_edits
 from minedit.editors import config_from_dict, get_editor
-from minedit.cli import DEFAULT_DATA
+from minedit.cli import default_data
+from minedit.keyvalue import parse_assignment
 from minedit.metrics import METRICS, MULTIMODAL_METRICS
 from minedit.models import load_model
+from minedit.paths import sample
 from minedit.runner import RunConfig, run_lifelong
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,14 +54,14 @@ def main(argv=None) -> int:
 
     sizes = [int(t) for t in args.T.split(",")]
     if args.data is None:
-        args.data = DEFAULT_DATA["tiny-llava"] if args.model == "tiny-llava" else f"zsre:{ROOT / 'data_samples' / 'zsre_bench.json'}"
+        args.data = default_data(args.model) if args.model == "tiny-llava" else f"zsre:{sample('zsre_bench.json')}"
     requests = load_edits(args.data, limit=max(sizes))
     model, tokenizer = load_model(args.model)
     overrides: dict[str, dict] = {}
     for item in args.set:
-        key, _, value = item.partition("=")
+        key, value = parse_assignment(item)
         name, _, field = key.partition(".")
-        overrides.setdefault(name, {})[field] = json.loads(value) if value[:1] in "0123456789-[{tf" else value
+        overrides.setdefault(name, {})[field] = value
     rows = []
     for name in args.editors.split(","):
         cls = get_editor(name)

@@ -10,8 +10,10 @@ from dataclasses import dataclass, replace
 
 import torch.nn as nn
 
+from .errors import UserError
 
-class UnknownArchitectureError(ValueError):
+
+class UnknownArchitectureError(UserError, ValueError):
     """Raised for a ``model_type`` that the table does not list."""
 
 
@@ -120,3 +122,38 @@ def layer_module_name(model: nn.Module, layer: int, part: str = "mlp_out") -> st
 def default_edit_layer(model: nn.Module) -> int:
     """A middle-to-late layer, where factual-recall edits usually sit (about 2/3 of the depth)."""
     return (2 * num_layers(model)) // 3
+
+
+def linear_dims(module: nn.Module) -> tuple[int, int]:
+    """(d_in, d_out) of a Linear, or of transformers' Conv1D (GPT-2), which stores its weight as (d_in, d_out)."""
+    w = module.weight
+    return (w.shape[0], w.shape[1]) if type(module).__name__ == "Conv1D" else (w.shape[1], w.shape[0])
+
+
+def module_dims(model: nn.Module, name: str) -> tuple[int, int]:
+    """(d_in, d_out) of the module at ``name``: a Linear's, or (d, d) for a block on the residual stream
+    (a whole decoder MLP, which LEMoE's bypass experts sit beside)."""
+    module = model.get_submodule(name)
+    if hasattr(module, "weight") and getattr(module.weight, "dim", lambda: 0)() == 2:
+        return linear_dims(module)
+    d = model.get_input_embeddings().weight.shape[1]
+    return d, d
+
+
+# Vision-language models: the module whose output is the image tokens the language model reads
+# (LLaVA's projector: one (n_patches, d) block per image), newer and older transformers layouts.
+_VISION_OUTPUT: dict[str, tuple[str, ...]] = {
+    "llava": ("model.multi_modal_projector", "multi_modal_projector"),
+    "llava_next": ("model.multi_modal_projector", "multi_modal_projector"),
+}
+
+
+def vision_output_name(model: nn.Module) -> str:
+    """Name of the module that turns an image into the language model's image tokens (B_img, P, d)."""
+    model_type = model.config.model_type
+    names = dict(model.named_modules())
+    for name in _VISION_OUTPUT.get(model_type, ()):
+        if name in names:
+            return name
+    raise UnknownArchitectureError(f"{model_type!r} has no vision side minedit knows "
+                                   f"(vision-language types: {', '.join(sorted(_VISION_OUTPUT))})")

@@ -20,10 +20,12 @@ from typing import Any, Callable
 
 from PIL import Image, UnidentifiedImageError
 
+from .errors import UserError
+
 log = logging.getLogger(__name__)
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad edit data: the message names the file, the record index and the field."""
 
     def __init__(self, path: "str | Path", problem: str, index: int | None = None, field: str | None = None):

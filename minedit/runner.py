@@ -6,13 +6,20 @@
 
 Locality compares against the unedited model's predictions, computed before the first edit.
 Inference overhead is the latency of the edited model over the unedited one on the same prompts.
+
+A long run can be continued after a crash: every ``checkpoint_every`` edits ``run_lifelong`` hands a
+:class:`Progress` (rows so far, the unedited predictions, the curve) to ``on_checkpoint``, which saves
+it with the editor; ``run_lifelong(editor, requests, config, resume=progress)`` on an editor reloaded
+from that save continues from there and ends with the rows and metrics of an uninterrupted run.
 """
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
 
 from tqdm.auto import tqdm
 
@@ -36,6 +43,28 @@ class RunConfig:
     latency_repeats: int = 3  # timings are the fastest of this many runs (robust to a busy CPU)
     progress: bool = True  # tqdm progress bar
     checkpoints: tuple[int, ...] = ()  # also score all edits so far after these many edits (a retention curve)
+    checkpoint_every: int = 0  # call ``on_checkpoint`` after every this many edits (0: never), to resume a crash
+    plan: str = "none"  # edit order: "none" (data order), "random" (seeded), "kmeans" (LEMoE's planning)
+    plan_seed: int = 0  # seed of "random" and "kmeans" planning
+
+
+@dataclass
+class Progress:
+    """How far a lifelong run got: everything besides the editor's own state needed to continue it."""
+
+    done: int  # edits applied
+    rows: list[dict[str, Any]]  # the rows of those edits (seconds, stats, and scores under ``immediate``)
+    reference: list[list[list[int]]]  # the unedited model's locality predictions (token ids)
+    base_latency: float  # seconds: the unedited model's latency
+    curve: list[dict[str, float]] = field(default_factory=list)
+    batches: list[list[int]] = field(default_factory=list)  # the planned edit batches (request indices)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "Progress":
+        return cls(**values)
 
 
 @dataclass
@@ -89,8 +118,29 @@ def measure_latency(model, tokenizer, requests: Sequence[EditRequest], config: R
     return min(times)
 
 
-def run_lifelong(editor: Editor, requests: Sequence[EditRequest], config: RunConfig = RunConfig()) -> RunResult:
-    """Apply ``requests`` with ``editor`` one batch at a time and score them under ``config.protocol``."""
+def plan_for(editor: Editor, requests: Sequence[EditRequest], batch_size: int, method: str = "none",
+             seed: int = 0) -> list[list[int]]:
+    """The edit batches (request indices) in the order ``method`` plans them (:mod:`minedit.planning`),
+    clustered on the editor's routing feature (``editor.routing_feature()``; else the mean token embedding)."""
+    from .planning import edit_features, plan_batches
+
+    from .moe.features import MeanPooledHidden
+
+    if method in ("none", "random"):  # no features needed
+        return plan_batches(torch.zeros(len(requests), 1), batch_size, method, seed)
+
+    feature = editor.routing_feature() if hasattr(editor, "routing_feature") else MeanPooledHidden(-1)
+    return plan_batches(edit_features(editor.model, editor.tokenizer, requests, feature), batch_size, method, seed)
+
+
+def run_lifelong(editor: Editor, requests: Sequence[EditRequest], config: RunConfig = RunConfig(),
+                 resume: Progress | None = None, on_checkpoint: Callable[[Progress], None] | None = None) -> RunResult:
+    """Apply ``requests`` with ``editor`` one batch at a time and score them under ``config.protocol``.
+
+    ``resume``: continue a run from its :class:`Progress` (``editor`` must hold its first ``resume.done``
+    edits, e.g. reloaded with :func:`minedit.editors.load_editor`). ``on_checkpoint(progress)`` is called
+    after every ``config.checkpoint_every`` edits, once the rows of those edits are complete.
+    """
     if config.protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {config.protocol!r}; use one of {PROTOCOLS}")
     if not requests:
@@ -98,32 +148,58 @@ def run_lifelong(editor: Editor, requests: Sequence[EditRequest], config: RunCon
     model, tokenizer = editor.model, editor.tokenizer
     check_lengths(tokenizer, requests, max_prompt_tokens(model))
     model.eval()
-    reference = reference_predictions(model, tokenizer, requests, config.score_batch_size)
-    base_latency = measure_latency(model, tokenizer, requests, config)
-
     rows: list[dict[str, Any]] = [
         {"index": i, "prompt": r.prompt, "target": r.target} for i, r in enumerate(requests)
     ]
-    edit_seconds, curve = 0.0, []
-    bar = tqdm(total=len(requests), desc=f"{editor.name} ({config.protocol})", disable=not config.progress, unit="edit")
-    for start in range(0, len(requests), config.edit_batch_size):
-        batch = list(requests[start: start + config.edit_batch_size])
+    if resume is None:
+        reference = reference_predictions(model, tokenizer, requests, config.score_batch_size)
+        base_latency = measure_latency(model, tokenizer, requests, config)
+        first, curve = 0, []
+        batches = plan_for(editor, requests, config.edit_batch_size, config.plan, config.plan_seed)
+    else:
+        if editor.n_edits != resume.done or not 0 < resume.done <= len(requests) or len(resume.rows) != resume.done:
+            raise ValueError(f"cannot resume: the progress is at {resume.done} edits of {len(requests)} "
+                             f"({len(resume.rows)} rows), the editor holds {editor.n_edits}")
+        reference = [[torch.tensor(ids, dtype=torch.long) for ids in group] for group in resume.reference]
+        base_latency, first, curve = resume.base_latency, resume.done, list(resume.curve)
+        batches = resume.batches or [list(range(i, min(i + config.edit_batch_size, len(requests))))
+                                     for i in range(0, len(requests), config.edit_batch_size)]
+        for row in resume.rows:
+            rows[row["index"]] = dict(row)
+
+    def progress(done: int, edited: list[int]) -> Progress:
+        return Progress(done=done, rows=[dict(rows[i]) for i in edited],
+                        reference=[[t.tolist() for t in group] for group in reference],
+                        base_latency=base_latency, curve=list(curve), batches=batches)
+
+    bar = tqdm(total=len(requests), initial=first, desc=f"{editor.name} ({config.protocol})",
+               disable=not config.progress, unit="edit")
+    edited: list[int] = []  # request indices in the order they were edited
+    for indices in batches:
+        start = len(edited)
+        edited += indices
+        if len(edited) <= first:
+            continue  # applied before the resumed checkpoint
+        batch = [requests[i] for i in indices]
         t0 = time.perf_counter()
         stats = editor.edit_batch(batch)
         took = time.perf_counter() - t0
-        edit_seconds += took
         model.eval()
-        for offset, stat in enumerate(stats):
-            rows[start + offset].update(seconds=took / len(batch), **{f"stat_{k}": v for k, v in stat.items()})
+        for i, stat in zip(indices, stats):
+            rows[i].update(seconds=took / len(batch), **{f"stat_{k}": v for k, v in stat.items()})
         if config.protocol == "immediate":
-            scored = score_requests(model, tokenizer, batch, reference[start: start + len(batch)],
+            scored = score_requests(model, tokenizer, batch, [reference[i] for i in indices],
                                     config.score_batch_size, config.exact)
-            for offset, score in enumerate(scored):
-                rows[start + offset].update(score)
-        done = start + len(batch)
+            for i, score in zip(indices, scored):
+                rows[i].update(score)
+        done = len(edited)
         if any(start < t <= done for t in config.checkpoints):
-            so_far = score_requests(model, tokenizer, requests[:done], reference[:done], config.score_batch_size, config.exact)
+            so_far = score_requests(model, tokenizer, [requests[i] for i in edited], [reference[i] for i in edited],
+                                    config.score_batch_size, config.exact)
             curve.append({"T": done, **summarize(so_far)})
+        every = config.checkpoint_every
+        if on_checkpoint is not None and every > 0 and (done // every > start // every or done == len(requests)):
+            on_checkpoint(progress(done, edited))
         bar.update(len(batch))
     bar.close()
     if config.protocol == "retention":
@@ -133,7 +209,7 @@ def run_lifelong(editor: Editor, requests: Sequence[EditRequest], config: RunCon
     return RunResult(
         rows=rows,
         metrics=summarize(rows),
-        seconds_per_edit=edit_seconds / len(requests),
+        seconds_per_edit=sum(row["seconds"] for row in rows) / len(requests),  # stored seconds on resume
         inference_overhead=edited_latency / base_latency,
         latency={"unedited": base_latency, "edited": edited_latency},
         curve=curve,

@@ -37,18 +37,18 @@ class SequenceTracker:
         self.new_sequence = cache is None or cache.get_seq_length() == 0
         return None
 
-    def query_index(self, length: int, batch: int) -> torch.Tensor:
-        """Per-row position (B,) whose activation makes the sequence's decision."""
+    def query_index(self, length: int, batch: int, device: "torch.device | str | None" = None) -> torch.Tensor:
+        """Per-row position (B,) whose activation makes the sequence's decision (on ``device``)."""
         if self.key_positions is not None:
-            return self.key_positions
-        return torch.full((batch,), length - 1, dtype=torch.long)
+            return self.key_positions.to(device) if device is not None else self.key_positions
+        return torch.full((batch,), length - 1, dtype=torch.long, device=device)
 
-    def applies_from(self, length: int, batch: int) -> torch.Tensor:
+    def applies_from(self, length: int, batch: int, device: "torch.device | str | None" = None) -> torch.Tensor:
         """(B, L) bool: the positions a decision applies to (the query position and later ones)."""
         if not self.new_sequence:
-            return torch.ones((batch, length), dtype=torch.bool)
-        start = self.query_index(length, batch)
-        return torch.arange(length).unsqueeze(0) >= start.unsqueeze(1)
+            return torch.ones((batch, length), dtype=torch.bool, device=device)
+        start = self.query_index(length, batch, device)
+        return torch.arange(length, device=device).unsqueeze(0) >= start.unsqueeze(1)
 
     @contextmanager
     def teacher_forcing(self, key_positions: torch.Tensor) -> Iterator[None]:

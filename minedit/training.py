@@ -9,8 +9,9 @@
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -139,6 +140,20 @@ def target_loss(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor) -> 
     gold = gold[keep]
     loss = F.cross_entropy(logits, gold)
     return loss, (logits.argmax(-1) == gold).float().mean().item()
+
+
+@contextmanager
+def trainable(params: Iterable[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
+    """Gradients on for ``params`` inside the block only (models are loaded frozen); grads dropped after."""
+    params = list(params)
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        yield params
+    finally:
+        for p in params:
+            p.requires_grad_(False)
+            p.grad = None
 
 
 def optimize(params: Iterable[torch.Tensor], step_loss: Callable[[], tuple[torch.Tensor, float]], steps: int,

@@ -18,11 +18,13 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .errors import UserError
+
 _CACHE_SIZE = 1024
 _pixels: "OrderedDict[tuple[int, str], torch.Tensor]" = OrderedDict()
 
 
-class ImageError(ValueError):
+class ImageError(UserError, ValueError):
     """An image that cannot be read: the message names the file."""
 
 
@@ -64,6 +66,22 @@ def pixel_values(processor, image: "str | Path | Image.Image") -> torch.Tensor:
     return values
 
 
+def patch_tokens(image_size: "int | tuple[int, int]", patch_size: int) -> int:
+    """Patches (image tokens before any CLS token) of an image cut into ``patch_size`` squares."""
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    return (height // patch_size) * (width // patch_size)
+
+
+def num_image_tokens(source) -> int:
+    """Image tokens per image, ``(image_size // patch_size) ** 2``, from a vision config (or any object with
+    ``image_size`` and ``patch_size``) or from a LLaVA processor (its image processor's crop size)."""
+    size = getattr(source, "image_size", None)
+    if size is None:
+        crop = source.image_processor.crop_size
+        size = (crop["height"], crop["width"])
+    return patch_tokens(size, source.patch_size)
+
+
 def render_prompt(processor, question: str) -> str:
     """``question`` about one image, rendered by the processor's chat template (image placeholder included)."""
     if not getattr(processor, "chat_template", None):
@@ -74,9 +92,7 @@ def render_prompt(processor, question: str) -> str:
 
 def expand_ids(processor, text: str, pixels: torch.Tensor) -> list[int]:
     """Token ids of ``text`` with each image placeholder expanded to the image's number of tokens."""
-    image_size = tuple(pixels.shape[-2:])
-    n = (image_size[0] // processor.patch_size) * (image_size[1] // processor.patch_size)
-    n += processor.num_additional_image_tokens
+    n = patch_tokens(tuple(pixels.shape[-2:]), processor.patch_size) + processor.num_additional_image_tokens
     if processor.vision_feature_select_strategy == "default":
         n -= 1
     expanded = text.replace(processor.image_token, processor.image_token * n)

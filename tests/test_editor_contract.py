@@ -173,7 +173,7 @@ def test_restore_is_bit_exact(fresh_tiny_llama):
     assert_bit_identical(model, before)
     assert torch.equal(logits(model), base_logits)
     assert editor.n_edits == 0 and editor.reset_calls == 1 and editor.offsets == []
-    assert editor._original_params == {} and editor._original_modules == {}
+    assert not editor.patches  # nothing left to undo
     # editing again after a restore works and restores again
     editor.edit(requests(1)[0])
     assert not torch.equal(model.get_parameter(OUT_PROJ), before[OUT_PROJ])

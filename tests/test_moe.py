@@ -3,11 +3,11 @@ import pytest
 import torch
 
 from minedit.arch import layer_module_name
-from minedit.editors.base import Editor
 from minedit.infer import continuation_logits, encode_pair, generate_greedy, pad_id
-from minedit.moe import (CosineTopKRouter, HammingGate, LastTokenHidden, MeanAndLastHidden, MeanPooledHidden, Mixture,
-                         MoELoRALinear, SimilarityGate, TopKRouter, guided_loss, linear_dims)
-from minedit.sequence import tracker_for
+from minedit.arch import linear_dims
+from minedit.moe import (CosineTopKRouter, ExpertSpec, HammingGate, LastTokenHidden, MeanAndLastHidden, MeanPooledHidden,
+                         Mixture, MoELoRALinear, SimilarityGate, TopKRouter, guided_loss)
+from minedit.patch import Patcher
 from minedit.training import UpperStack, make_edit_batch
 
 PROMPTS = ["What is the capital of Peru?", "Who wrote Hamlet, the play?"]
@@ -18,17 +18,17 @@ def _snapshot(model):
 
 
 def _mixture(model, feature, layers=(2, 3), n_experts=4, k=2, gates=(), seed=0):
-    """A mixture on ``layers``' MLP output with random, non-zero experts, installed through an Editor."""
+    """A mixture on ``layers``' MLP output with random, non-zero experts; ``patches.undo()`` removes it."""
     gen = torch.Generator().manual_seed(seed)
-    d = model.config.hidden_size * (2 if isinstance(feature, MeanAndLastHidden) else 1)
-    editor = Editor(model, None)
-    mix = Mixture(model, tracker_for(model), feature, [TopKRouter(d, 0, k) for _ in layers], gates)
-    mix.install([layer_module_name(model, layer, "mlp_out") for layer in layers], editor._swap_module)
-    for i in range(len(layers)):
-        mix.add_experts(i, n_experts, rank=4, alpha=8.0, generator=gen)
-        for expert in mix.wrappers[i].experts:
+    patches = Patcher(model)
+    mix = Mixture(model, feature, [TopKRouter(feature.dim(model), 0, k) for _ in layers], gates)
+    mix.install([layer_module_name(model, layer, "mlp_out") for layer in layers], patches)
+    spec = ExpertSpec("lora", rank=4, alpha=8.0)
+    for i, w in enumerate(mix.wrappers):
+        mix.add_experts(i, [spec.build(w.d_in, w.d_out, gen) for _ in range(n_experts)], gen)
+        for expert in w.experts:
             expert.B.data = torch.randn(expert.B.shape, generator=gen) * 0.5  # experts that change the output
-    return editor, mix
+    return patches, mix
 
 
 def test_topk_weights_sum_to_one_over_exactly_k():
@@ -94,13 +94,11 @@ def test_wrapper_restores_bit_exact(kind, make_tiny, smol_tokenizer):
     before, ids = _snapshot(model), torch.tensor([encode_pair(smol_tokenizer, PROMPTS[0], "Oslo").prompt_ids])
     with torch.no_grad():
         base = model(ids).logits
-    editor, mix = _mixture(model, MeanPooledHidden(0))
+    patches, mix = _mixture(model, MeanPooledHidden(0))
     assert isinstance(model.get_submodule(mix.names[0]), MoELoRALinear)
     with torch.no_grad():
         assert not torch.allclose(model(ids).logits, base)  # no gate: the experts answer
-    editor.restore()
-    mix.remove()
-    mix.tracker.release()
+    patches.undo()  # one call: wrappers, feature hooks and the sequence tracker
     assert not any(isinstance(m, MoELoRALinear) for m in model.modules())
     after = model.state_dict()
     assert list(after) == list(before) and all(torch.equal(after[k], before[k]) for k in before)
@@ -114,46 +112,45 @@ def test_deferral_gives_the_base_logits_exactly(make_tiny, smol_tokenizer):
     pairs = [encode_pair(smol_tokenizer, p, "Oslo") for p in PROMPTS]
     base = continuation_logits(model, pairs, pad_id(smol_tokenizer))[0]
     gate = SimilarityGate(0.999)
-    editor, mix = _mixture(model, MeanAndLastHidden(0), gates=[gate])
+    patches, mix = _mixture(model, MeanAndLastHidden(0), gates=[gate])
     try:
         assert torch.equal(continuation_logits(model, pairs, pad_id(smol_tokenizer))[0], base)  # no edit: all deferred
-        with torch.no_grad():
+        with torch.no_grad(), mix.capture() as features:
             model(torch.tensor([pairs[0].prompt_ids]))
-        gate.add(mix.feature.value[0])  # prompt 0 is now "edited", prompt 1 is not
+        gate.add(features["text"][0])  # prompt 0 is now "edited", prompt 1 is not
         edited = continuation_logits(model, pairs, pad_id(smol_tokenizer))[0]
         assert torch.equal(edited[1], base[1]) and not torch.allclose(edited[0], base[0])
+        assert mix.last_deferred.tolist() == [False, True]
     finally:
-        editor.restore()
-        mix.remove()
-        mix.tracker.release()
+        patches.undo()
 
 
 @pytest.mark.parametrize("feature", [LastTokenHidden(1), MeanPooledHidden(1), MeanAndLastHidden(0), MeanPooledHidden(-1)])
 def test_one_routing_for_prefill_generate_and_teacher_forced_training(feature, make_tiny, smol_tokenizer):
     """The same prompt gets the same feature, routing and logits whether trained on or scored (left-padded)."""
     model, tok = make_tiny("llama", vocab_size=len(smol_tokenizer)), smol_tokenizer
-    editor, mix = _mixture(model, feature)
+    patches, mix = _mixture(model, feature)
     try:
         target = "Oslo and more"
         batch = make_edit_batch(tok, [PROMPTS[0]], [target])
-        with mix.tracker.teacher_forcing(batch.key_positions):
+        with mix.tracker.teacher_forcing(batch.key_positions), mix.capture() as train:
             stack = UpperStack(model, 2, batch)
-            train_feature = mix.feature.value.clone()
-            mix.publish([r.weights for r in mix.route(train_feature)])
+        with mix.routed(train), mix.tracker.teacher_forcing(batch.key_positions):
             key = int(batch.key_positions[0])
             train_logits = stack.logits()[0, key:]  # position key + j predicts target token j
-        train_code = mix.code(mix.route(train_feature))
+        train_code = mix.code(mix.route(train))
         # scoring: left-padded next to a longer prompt, prefill then continuation against the cache
         pairs = [encode_pair(tok, PROMPTS[0], target), encode_pair(tok, PROMPTS[1] + " Tell me.", target)]
-        logits, mask = continuation_logits(model, pairs, pad_id(tok))
-        assert torch.allclose(mix.feature.value[0], train_feature[0], atol=1e-5)
+        with mix.capture() as scored:
+            logits, mask = continuation_logits(model, pairs, pad_id(tok))
+        assert torch.allclose(scored["text"][0], train["text"][0], atol=1e-5)
         assert torch.equal(mix.code(mix.last)[0], train_code[0])
         n = int(mask[0].sum())
         assert torch.allclose(logits[0, :n], train_logits[:n], atol=1e-4)
-        # generate: the decode steps keep the prefill's feature
-        generate_greedy(model, [pairs[0].prompt_ids], [4], pad_id(tok))
-        assert torch.allclose(mix.feature.value[0], train_feature[0], atol=1e-5)
+        # generate: the decode steps keep the prefill's routing (no new capture after the prefill)
+        with mix.capture() as generated:
+            generate_greedy(model, [pairs[0].prompt_ids], [4], pad_id(tok))
+        assert torch.allclose(generated["text"][0], train["text"][0], atol=1e-5)
+        assert torch.equal(mix.code(mix.last)[0], train_code[0])
     finally:
-        editor.restore()
-        mix.remove()
-        mix.tracker.release()
+        patches.undo()

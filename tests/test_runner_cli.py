@@ -261,3 +261,113 @@ def test_cli_subprocess_unknown_editor():
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("minedit: error: unknown editor 'nope'")
     assert proc.stdout == ""
+
+
+# --- user errors vs bugs, output folder, devices -------------------------------------------------
+
+
+def test_a_bug_inside_an_editor_is_not_a_user_error(tmp_path):
+    """A plain ValueError raised inside ``edit`` is a bug: traceback and exit status 1, never the one-line status 2."""
+    script = (
+        "import sys\n"
+        "from minedit.cli import main\n"
+        "from minedit.editors import EDITORS, NoneEditor\n"
+        "class Broken(NoneEditor):\n"
+        "    name = 'broken'\n"
+        "    def edit_batch(self, requests):\n"
+        "        raise ValueError('boom inside the editor')\n"
+        "EDITORS['broken'] = Broken\n"
+        f"sys.exit(main(['bench', '--editor', 'broken', '--edits', '1', '--no-exact', '--out', {str(tmp_path / 'out')!r}]))\n"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" in proc.stderr and "ValueError: boom inside the editor" in proc.stderr
+    assert "minedit: error:" not in proc.stderr
+
+
+def test_bad_data_is_still_one_line_after_the_split(tmp_path, capsys):
+    assert main(["bench", "--data", f"zsre:{tmp_path / 'none.json'}", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "file not found" in err[0]
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail the test if the model is loaded (output checks must come first)."""
+    import minedit.models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output folder was checked")
+
+    monkeypatch.setattr(minedit.models, "load_model", refuse)
+
+
+@pytest.mark.parametrize("where", ["proc", "parent-is-a-file", "out-is-a-file"])
+def test_unwritable_output_folder_is_refused_before_the_model_loads(tmp_path, capsys, no_model_load, where):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    out = {"proc": "/proc/minedit-out", "parent-is-a-file": str(afile / "run"), "out-is-a-file": str(afile)}[where]
+    assert main(["bench", "--edits", "2", "--out", out]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"minedit: error: output folder {out}"), err
+    assert afile.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--device", "tpu9"], "unknown device 'tpu9'"),
+    (["--device", "cuda:7"], "not available"),
+    (["--dtype", "int8"], "--dtype"),
+    (["--checkpoint-every", "-1"], "--checkpoint-every"),
+])
+def test_bad_device_dtype_and_checkpoint_flags_exit_2_before_loading(tmp_path, capsys, no_model_load, argv, words):
+    assert main(["bench", *argv, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and words in err[0], err
+
+
+def test_cli_bench_device_and_dtype_reach_the_model(tmp_path, monkeypatch):
+    import minedit.models
+    import torch
+
+    seen = {}
+    real = minedit.models.load_model
+
+    def spy(*args, **kwargs):
+        model, tok = real(*args, **kwargs)
+        seen.update(kwargs, param=next(model.parameters()))
+        return model, tok
+
+    monkeypatch.setattr(minedit.models, "load_model", spy)
+    out = tmp_path / "run"
+    assert main(["bench", "--edits", "2", "--no-exact", "--device", "cpu", "--dtype", "bfloat16", "--out", str(out)]) == 0
+    assert seen["dtype"] == torch.bfloat16 and seen["device"] == torch.device("cpu")
+    assert seen["param"].dtype == torch.bfloat16 and seen["param"].device.type == "cpu"
+    result = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert (result["device"], result["dtype"], result["metrics"]["loc"]) == ("cpu", "bfloat16", 1.0)
+
+
+def test_load_model_passes_device_map_and_torch_dtype_through(tmp_path, smol_tokenizer, make_tiny, monkeypatch):
+    import torch
+    import transformers
+
+    from minedit.infer import input_device
+    from minedit.models import load_model
+
+    folder = tmp_path / "tiny"
+    make_tiny("llama", vocab_size=len(smol_tokenizer)).save_pretrained(folder)
+    smol_tokenizer.save_pretrained(folder)
+    calls = []
+    real = transformers.AutoModelForCausalLM.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        calls.append(kwargs)
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", classmethod(spy))
+    model, _ = load_model(str(folder), device_map="cpu", torch_dtype="bfloat16")
+    assert calls == [{"dtype": torch.bfloat16, "device_map": "cpu"}]  # handed to transformers (and accelerate)
+    assert next(model.parameters()).dtype == torch.bfloat16
+    assert input_device(model) == torch.device("cpu")
+    with pytest.raises(ValueError, match="device or device_map"):
+        load_model(str(folder), device="cpu", device_map="auto")

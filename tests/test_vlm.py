@@ -74,6 +74,21 @@ def test_expand_ids_matches_the_llava_processor(vlm):
     assert torch.equal(pixel_values(processor, image), theirs["pixel_values"])
 
 
+def test_one_image_token_count_for_processor_config_and_spec(vlm):
+    """vision.num_image_tokens agrees with the model's config, the processor's expansion and the zoo's spec."""
+    from minedit.vision import num_image_tokens
+    from minedit.zoo.tiny_llava import TinyLlavaSpec
+    from minedit.zoo.tiny_llava import num_image_tokens as spec_tokens
+
+    model, processor = vlm
+    n = model.config.image_seq_length
+    assert num_image_tokens(model.config.vision_config) == num_image_tokens(processor) == spec_tokens() == n == 16
+    assert num_image_tokens(TinyLlavaSpec(image_size=96, patch_size=16)) == 36
+    pixels = pixel_values(processor, world.examples(1, seed=0)[0].image())
+    image_ids = expand_ids(processor, processor.image_token, pixels)
+    assert image_ids.count(processor.tokenizer.convert_tokens_to_ids(processor.image_token)) == n
+
+
 def test_encode_pair_with_image_keeps_target_tokens(vlm, smol_tokenizer):
     _, processor = vlm
     image = world.render(world.Scene("shapes", "green", shape="square", count=2), 5)

@@ -1,12 +1,14 @@
-"""The editor registry: one explicit table from CLI name to class."""
+"""The editor registry: one explicit table from CLI name to class; ``register_editor`` adds one."""
 from __future__ import annotations
 
 import os
 
+from ..errors import UserError
 from .base import Editor, EditorConfig, config_from_dict, read_meta
 from .elder import ElderConfig, ElderEditor
 from .ft import FTConfig, FTEditor
-from .grace import GraceEditor
+from .grace import GraceConfig, GraceEditor
+from .lemoe import LemoeConfig, LemoeEditor
 from .lora import LoRAEditor, LoRAEditorConfig
 from .none import NoneEditor
 
@@ -16,12 +18,21 @@ EDITORS: dict[str, type[Editor]] = {
     ElderEditor.name: ElderEditor,
     FTEditor.name: FTEditor,
     LoRAEditor.name: LoRAEditor,
+    LemoeEditor.name: LemoeEditor,
 }
 
 
-class UnknownEditorError(KeyError):
+class UnknownEditorError(UserError, KeyError):
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+def register_editor(cls: type[Editor]) -> type[Editor]:
+    """Add an editor class under its ``name`` (usable as a class decorator); returns the class."""
+    if not (isinstance(cls, type) and issubclass(cls, Editor)) or not isinstance(getattr(cls, "name", None), str):
+        raise TypeError(f"register_editor needs an Editor subclass with a name, got {cls!r}")
+    EDITORS[cls.name] = cls
+    return cls
 
 
 def get_editor(name: str) -> type[Editor]:
@@ -42,5 +53,6 @@ def load_editor(directory: "str | os.PathLike", model, tokenizer) -> Editor:
     return get_editor(read_meta(directory).get("editor", "?")).load(directory, model, tokenizer)
 
 
-__all__ = ["EDITORS", "Editor", "EditorConfig", "ElderConfig", "ElderEditor", "FTConfig", "FTEditor", "LoRAEditor", "LoRAEditorConfig", "NoneEditor",
-           "config_from_dict", "get_editor", "load_editor", "make_editor"]
+__all__ = ["EDITORS", "Editor", "EditorConfig", "ElderConfig", "ElderEditor", "FTConfig", "FTEditor", "GraceConfig",
+           "GraceEditor", "LemoeConfig", "LemoeEditor", "LoRAEditor", "LoRAEditorConfig", "NoneEditor", "UnknownEditorError", "config_from_dict",
+           "get_editor", "load_editor", "make_editor", "register_editor"]

@@ -13,8 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 import types
 import typing
 from pathlib import Path
@@ -25,7 +23,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from ..data import EditRequest
-from ..hooks import replace_module
+from ..patch import Patcher
 
 STATE_FILE, META_FILE = "state.safetensors", "editor.json"
 
@@ -50,8 +48,7 @@ class Editor:
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self.n_edits = 0
-        self._original_params: dict[str, torch.Tensor] = {}
-        self._original_modules: dict[str, nn.Module] = {}
+        self.patches = Patcher(model)  # every module swap, parameter change and hook: restore() undoes them
 
     # --- editing -------------------------------------------------------------------------------
     def edit(self, request: EditRequest) -> dict[str, Any]:
@@ -76,30 +73,15 @@ class Editor:
     # --- exact restore -------------------------------------------------------------------------
     def _backup_param(self, name: str) -> nn.Parameter:
         """Remember parameter ``name`` before it is changed in place; returns the parameter."""
-        param = self.model.get_parameter(name)
-        if name not in self._original_params:
-            self._original_params[name] = param.detach().clone()
-        return param
+        return self.patches.backup(name)
 
     def _swap_module(self, name: str, new: nn.Module) -> nn.Module:
         """Put ``new`` where module ``name`` is, remembering the first original; returns the original."""
-        current = self.model.get_submodule(name)
-        if name not in self._original_modules and hasattr(current, "base_layer"):
-            raise RuntimeError(f"{name} is already wrapped by {type(current).__name__} (another editor's edit); "
-                               "call restore() on that editor first")
-        old = replace_module(self.model, name, new)
-        self._original_modules.setdefault(name, old)
-        return self._original_modules[name]
+        return self.patches.swap(name, new)
 
     def restore(self) -> None:
-        """Undo every edit: original modules back in place, original parameter values copied back."""
-        for name, module in reversed(list(self._original_modules.items())):
-            replace_module(self.model, name, module)
-        with torch.no_grad():
-            for name, value in self._original_params.items():
-                self.model.get_parameter(name).copy_(value)
-        self._original_modules.clear()
-        self._original_params.clear()
+        """Undo every edit in one call: hooks removed, original modules back, original values copied back."""
+        self.patches.undo()
         self.n_edits = 0
         self._reset()
 
@@ -129,26 +111,11 @@ class Editor:
             "state": self.state_meta(),
         }
         tensors = {k: v.detach().contiguous().clone() for k, v in self.state_tensors().items()}
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
-        try:
+        from ..fsio import atomic_folder  # the old save stays until the new one is complete
+
+        with atomic_folder(directory) as tmp:
             save_file(tensors, str(tmp / STATE_FILE))
             (tmp / META_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
-            os.chmod(tmp, 0o755)
-            old = None
-            if directory.exists():
-                old = directory.with_name(f".{directory.name}-old-{os.getpid()}")
-                os.rename(directory, old)
-            try:
-                os.rename(tmp, directory)
-            except BaseException:
-                if old is not None:
-                    os.rename(old, directory)  # put the previous save back
-                raise
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return directory
 
     @classmethod
@@ -183,11 +150,13 @@ def read_saved(directory: "str | os.PathLike") -> tuple[dict[str, Any], dict[str
 def config_from_dict(config_class: type, values: dict[str, Any]):
     """Build a frozen config from JSON values: lists become tuples where the field is a tuple, and a value
     of the wrong type (``--set seed=abc``) is refused with a message naming the field."""
+    from ..errors import ConfigError
+
     hints = typing.get_type_hints(config_class)
     names = {f.name for f in dataclasses.fields(config_class)}
     unknown = set(values) - names
     if unknown:
-        raise ValueError(f"unknown {config_class.__name__} field(s): {', '.join(sorted(unknown))}; "
+        raise ConfigError(f"unknown {config_class.__name__} field(s): {', '.join(sorted(unknown))}; "
                          f"known: {', '.join(sorted(names))}")
     fixed = {}
     for key, value in values.items():
@@ -195,7 +164,7 @@ def config_from_dict(config_class: type, values: dict[str, Any]):
         if isinstance(value, list) and any(o is tuple or typing.get_origin(o) is tuple for o in options):
             value = tuple(value)
         if not _matches(value, options):
-            raise ValueError(f"{config_class.__name__}.{key}: expected {hints[key]}, got {value!r}")
+            raise ConfigError(f"{config_class.__name__}.{key}: expected {hints[key]}, got {value!r}")
         fixed[key] = value
     return config_class(**fixed)
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from ..arch import default_edit_layer, layer_module_name
-from ..training import UpperStack, make_edit_batch, optimize
+from ..training import UpperStack, make_edit_batch, optimize, trainable
 from .base import Editor, EditorConfig
 
 
@@ -55,7 +55,7 @@ class FTEditor(Editor):
         c = self.config.norm_constraint
         if c is None:
             return
-        original = self._original_params[self.param_name]
+        original = self.patches.original_value(self.param_name)
         weight = self.model.get_parameter(self.param_name)
         with torch.no_grad():
             weight.copy_(torch.clamp(weight, original - c, original + c))
@@ -65,21 +65,17 @@ class FTEditor(Editor):
         batch = make_edit_batch(self.tokenizer, [request.prompt], [request.target], [request.image])
         # The layers below ``self.layer`` do not depend on W: run them once, re-run only the rest.
         stack = UpperStack(self.model, self.layer if self.config.cache_lower else 0, batch)
-        weight.requires_grad_(True)  # the model is loaded frozen; only W learns, and only during the edit
-        try:
+        with trainable([weight]):  # the model is loaded frozen; only W learns, and only during the edit
             stats = optimize([weight], lambda: stack.target_loss(batch.labels), self.config.steps,
                              self.config.lr, self.config.stop_loss, after_step=self._clamp)
-        finally:
-            weight.requires_grad_(False)
-            weight.grad = None
         with torch.no_grad():
-            drift = (weight - self._original_params[self.param_name]).abs().max().item()
+            drift = (weight - self.patches.original_value(self.param_name)).abs().max().item()
         return {**stats, "max_abs_change": drift}
 
     # Save the full edited weight, not a delta: original + (edited - original) is not always the
     # edited weight bit for bit in floating point, and a loaded editor must give identical logits.
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        if self.param_name not in self._original_params:
+        if self.patches.original_value(self.param_name) is None:
             return {}
         return {"weight": self.model.get_parameter(self.param_name)}
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ..arch import default_edit_layer, layer_module_name
+from ..arch import default_edit_layer, layer_module_name, linear_dims
 from ..hooks import record
 from ..sequence import SequenceTracker, tracker_for
 from ..training import UpperStack, make_edit_batch, optimize
@@ -68,10 +68,10 @@ class GraceCodebook(nn.Module):
     def lookup(self, query: torch.Tensor) -> torch.Tensor:
         """(B,) nearest key index where within its radius, else -1."""
         if len(self.keys) == 0:
-            return torch.full((query.shape[0],), -1, dtype=torch.long)
-        dist = torch.cdist(query.float(), self.keys)  # (B, K)
+            return torch.full((query.shape[0],), -1, dtype=torch.long, device=query.device)
+        dist = torch.cdist(query.float(), self.keys.to(query.device))  # (B, K)
         best, idx = dist.min(-1)
-        return torch.where(best <= self.radii[idx], idx, torch.full_like(idx, -1))
+        return torch.where(best <= self.radii.to(best.device)[idx], idx, torch.full_like(idx, -1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)  # (B, L, d_out)
@@ -79,13 +79,13 @@ class GraceCodebook(nn.Module):
             return out
         B, L = x.shape[:2]
         if self.forced is not None:
-            choice = torch.full((B,), self.forced, dtype=torch.long)
+            choice = torch.full((B,), self.forced, dtype=torch.long, device=x.device)
         elif self.tracker.new_sequence or self._choice is None or len(self._choice) != B:
-            q = x[torch.arange(B), self.tracker.query_index(L, B)]  # (B, d_in)
+            q = x[torch.arange(B, device=x.device), self.tracker.query_index(L, B, x.device)]  # (B, d_in)
             choice = self._choice = self.lookup(q.detach())
         else:
             choice = self._choice
-        where = self.tracker.applies_from(L, B) & (choice >= 0).unsqueeze(1)  # (B, L)
+        where = self.tracker.applies_from(L, B, x.device) & (choice >= 0).unsqueeze(1)  # (B, L)
         if not where.any():
             return out
         if self.forced is not None:
@@ -110,9 +110,10 @@ class GraceEditor(Editor):
     def _install(self) -> GraceCodebook:
         if self.codebook is None:
             base = self.model.get_submodule(self.module_name)
-            w = base.weight  # (d_out, d_in) for Linear; transformers' Conv1D stores (d_in, d_out)
-            d_out, d_in = (w.shape[1], w.shape[0]) if type(base).__name__ == "Conv1D" else w.shape
-            self.codebook = GraceCodebook(base, tracker_for(self.model), d_in, d_out)
+            d_in, d_out = linear_dims(base)
+            tracker = tracker_for(self.model)
+            self.patches.on_undo(tracker.release)
+            self.codebook = GraceCodebook(base, tracker, d_in, d_out).to(base.weight.device)
             self._swap_module(self.module_name, self.codebook)
         return self.codebook
 
@@ -159,12 +160,10 @@ class GraceEditor(Editor):
     def _add_key(book: GraceCodebook, key, value, radius: float, target: str) -> None:
         book.keys = torch.cat([book.keys, key[None]])
         book.values = torch.cat([book.values, value[None]])
-        book.radii = torch.cat([book.radii, torch.tensor([radius])])
+        book.radii = torch.cat([book.radii, torch.tensor([radius], device=book.radii.device)])
         book.targets.append(target)
 
     def _reset(self) -> None:
-        if self.codebook is not None:
-            self.codebook.tracker.release()
         self.codebook = None
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
@@ -179,5 +178,6 @@ class GraceEditor(Editor):
         if not tensors:
             return
         book = self._install()
-        book.keys, book.values, book.radii = tensors["keys"], tensors["values"], tensors["radii"]
+        device = book.base_layer.weight.device
+        book.keys, book.values, book.radii = (tensors[k].to(device) for k in ("keys", "values", "radii"))
         book.targets = list(meta.get("targets", []))

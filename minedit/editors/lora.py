@@ -70,7 +70,7 @@ class LoRAEditor(Editor):
         # Restore bookkeeping first: Editor.restore() puts each original back where PEFT's wrapper is,
         # and a failed injection (say, a module PEFT cannot wrap) is undone the same way.
         for name, original in originals.items():
-            self._original_modules.setdefault(name, original)
+            self.patches.swapped_elsewhere(name, original)
         self.injected = True
         try:
             # A's random init comes from the config seed, without disturbing the caller's global RNG.

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
 from pathlib import Path
 
 from . import ZOO
+from ..errors import UserError
+from ..keyvalue import parse_assignments
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,20 +22,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from .build_tiny_llava import Recipe, build, evaluate
-    from .tiny_llava import ARTIFACT, export, load
+    from ..editors.base import config_from_dict
+    from .tiny_llava import export, load
 
     if args.command == "build":
-        fields = {f.name: f.type for f in dataclasses.fields(Recipe)}
-        overrides = {}
-        for item in args.set:
-            key, _, value = item.partition("=")
-            if key not in fields:
-                parser.error(f"unknown recipe setting {key!r}; known: {', '.join(fields)}")
-            try:
-                overrides[key] = json.loads(value)
-            except json.JSONDecodeError:
-                parser.error(f"--set {key}: {value!r} is not a number, true/false or null")
-        report = build(Path(args.out) if args.out else ARTIFACT, Recipe(**overrides))
+        try:  # a value of the wrong type is refused naming the field (``--set align_steps=many``)
+            recipe = config_from_dict(Recipe, parse_assignments(args.set))
+        except UserError as err:
+            parser.error(str(err))
+        report = build(Path(args.out) if args.out else None, recipe)
         print(json.dumps(report, indent=1))
     elif args.command == "eval":
         model, processor = load()

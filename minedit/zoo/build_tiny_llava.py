@@ -34,7 +34,8 @@ from .. import world
 from ..infer import Pair, encode_pair, generate_greedy, pad_id
 from ..metrics import exact_match
 from ..training import batch_from_pairs, target_loss
-from .tiny_llava import (ARTIFACT, LANGUAGE_MODEL, TinyLlavaSpec, assemble, llava_config, make_processor, merge_lora,
+from ..vision import num_image_tokens
+from .tiny_llava import (LANGUAGE_MODEL, TinyLlavaSpec, artifact_dir, assemble, llava_config, make_processor, merge_lora,
                          save_artifact)
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def align(processor, language_model, spec: TinyLlavaSpec, recipe: Recipe) -> tup
 
     tokenizer = processor.tokenizer
     embeddings = language_model.get_input_embeddings().weight.detach()
-    n_tokens = (spec.image_size // spec.patch_size) ** 2
+    n_tokens = num_image_tokens(spec)
     filler = tokenizer(".").input_ids[-1]
 
     def caption_ids(scene: world.Scene) -> list[int]:
@@ -224,11 +225,12 @@ def evaluate(model, processor, n: int, seed: int = 0) -> dict:
             "by_kind": {k: sum(v) / len(v) for k, v in sorted(hits.items())}}
 
 
-def build(out: Path = ARTIFACT, recipe: Recipe = Recipe(), spec: TinyLlavaSpec = TinyLlavaSpec()) -> dict:
-    """Run both stages, measure held-out exact match, write the artifact to ``out``; returns the report."""
+def build(out: Path | None = None, recipe: Recipe = Recipe(), spec: TinyLlavaSpec = TinyLlavaSpec()) -> dict:
+    """Run both stages, measure held-out exact match, write the artifact to ``out`` (default: the shipped
+    artifact folder, :func:`~minedit.zoo.tiny_llava.artifact_dir`); returns the report."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..models import resolve
+    from ..bundled import resolve
 
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
@@ -247,6 +249,6 @@ def build(out: Path = ARTIFACT, recipe: Recipe = Recipe(), spec: TinyLlavaSpec =
     report["held_out"] = evaluate(merged, processor, recipe.eval_examples, recipe.seed)
     report["build_seconds"] = round(time.perf_counter() - start, 1)
     report["recipe"] = asdict(recipe)
-    save_artifact(Path(out), {**vision, **lora}, spec, report)
+    save_artifact(Path(out) if out is not None else artifact_dir(), {**vision, **lora}, spec, report)
     log.info("tiny-llava: %s", report)
     return report

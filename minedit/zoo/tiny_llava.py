@@ -18,17 +18,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-log = logging.getLogger(__name__)
+from ..bundled import ModelLoadError, resolve
+from ..fsio import atomic_folder
+from ..paths import samples_dir
+from ..vision import num_image_tokens as _image_tokens
 
-ARTIFACT = Path(__file__).resolve().parents[2] / "data_samples" / "tiny_llava"
+log = logging.getLogger(__name__)
 LANGUAGE_MODEL = "smollm2-135m"
 # SmolLM2's vocabulary has no <image> token; an unused special token of it holds the image's place
 # (LLaVA replaces these positions by image features before the language model sees them).
@@ -41,6 +41,17 @@ CHAT_TEMPLATE = (
 )
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def artifact_dir() -> Path:
+    """The shipped artifact: ``tiny_llava/`` in :func:`minedit.paths.samples_dir`."""
+    return samples_dir() / "tiny_llava"
+
+
+def __getattr__(name: str):
+    if name == "ARTIFACT":  # the older constant, looked up when asked for (``$MINEDIT_DATA`` may move it)
+        return artifact_dir()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -79,7 +90,8 @@ def llava_config(text_config, spec: TinyLlavaSpec = TinyLlavaSpec(), image_token
 
 
 def num_image_tokens(spec: TinyLlavaSpec = TinyLlavaSpec()) -> int:
-    return (spec.image_size // spec.patch_size) ** 2
+    """Image tokens per image (16 for 64x64 images in 16x16 patches)."""
+    return _image_tokens(spec)
 
 
 def make_processor(tokenizer, spec: TinyLlavaSpec = TinyLlavaSpec()):
@@ -130,13 +142,12 @@ def merge_lora(model, lora_state: dict[str, torch.Tensor], scaling: float) -> No
             weight += scaling * (b.to(weight.dtype) @ a.to(weight.dtype))
 
 
-def load(dtype: torch.dtype = torch.float32, artifact: Path = ARTIFACT):
+def load(dtype: torch.dtype = torch.float32, artifact: Path | None = None):
     """``(model, processor)`` of tiny-llava, offline: SmolLM2 from the cache plus the shipped artifact."""
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..models import ModelLoadError, resolve
-
+    artifact = Path(artifact) if artifact is not None else artifact_dir()
     meta_path, weights = artifact / "tiny_llava.json", artifact / "model.safetensors"
     if not meta_path.is_file() or not weights.is_file():
         raise ModelLoadError(f"tiny-llava is not built: {artifact} lacks tiny_llava.json or model.safetensors; "
@@ -159,27 +170,16 @@ def save_artifact(folder: Path, tensors: dict[str, torch.Tensor], spec: TinyLlav
     """Write ``model.safetensors`` and ``tiny_llava.json`` into ``folder`` atomically (all or nothing)."""
     from safetensors.torch import save_file
 
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp / "model.safetensors"))
         meta = {"language_model": LANGUAGE_MODEL, "spec": asdict(spec), **report}
         (tmp / "tiny_llava.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-        os.chmod(tmp, 0o755)
-        old = folder.with_name(f".{folder.name}.old")
-        if folder.exists():
-            os.rename(folder, old)
-        os.rename(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def export(folder: Path, dtype: torch.dtype = torch.float32) -> Path:
-    """Save tiny-llava as a llava-hf folder (``config.json``, safetensors, processor files)."""
+    """Save tiny-llava as a llava-hf folder (``config.json``, safetensors, processor files), atomically."""
     model, processor = load(dtype)
-    folder = Path(folder)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    with atomic_folder(folder) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+    return Path(folder)

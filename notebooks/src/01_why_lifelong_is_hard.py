@@ -2,22 +2,28 @@
 # # 01 · Why lifelong editing is hard: fine-tuning and LoRA, edit after edit
 #
 # **Objectives.**
-# 1. Make one edit with FT-L (fine-tune one MLP matrix) and with LoRA (through `peft`), and watch what else changes.
-# 2. Apply a sequence of edits and measure Rel / Gen / Loc against the number of edits T under both protocols:
-#    *immediate* (score each edit right after it) and *retention* (score all edits on the final model).
-# 3. See forgetting and locality collapse on concrete prompts.
-# 4. Exercise: FT-L's norm constraint, checked against minedit's editor.
+# 1. Make one edit with FT-L (fine-tune one MLP matrix) and with LoRA (a low-rank adapter, through `peft`), and
+#    watch what else changes.
+# 2. Apply a sequence of edits and measure Rel / Gen / Loc (token accuracy and exact match) against the number of
+#    edits T under both protocols: *immediate* (score each edit right after it) and *retention* (score all edits
+#    on the final model), next to the unedited model.
+# 3. See forgetting and locality damage on concrete prompts.
+#
+# **Exercise:** FT-L's norm constraint, the L∞ projection (⭐, 5 min).
 #
 # **Time budget.** About 30 minutes; the code runs in about 2–3 minutes on a laptop CPU.
+#
+# Prerequisite: notebook 00 (the metrics, the `nq question:` prefix of locality prompts, the unedited baseline).
 
 # %%
 import logging
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 import torch
 
-from minedit import infer
+from minedit import course, infer, metrics
 from minedit.data import EditRequest, load_edits
 from minedit.editors import make_editor
 from minedit.models import load_model
@@ -26,8 +32,9 @@ from minedit.runner import RunConfig, run_lifelong
 torch.manual_seed(0)
 logging.getLogger("transformers").setLevel(logging.ERROR)
 sns.set_theme(style="whitegrid")
+plt.rcParams["figure.dpi"] = 100  # stored figures stay readable on GitHub
 model, tokenizer = load_model("smollm2-135m")
-edits = load_edits("zsre:../data_samples/zsre_sample.json")
+edits = load_edits(f"zsre:{course.sample_path('zsre_sample.json')}")
 
 
 def answers(prompts, n=4):
@@ -44,8 +51,18 @@ pd.DataFrame({"prompt": PROBES, "unedited": before})
 
 # %% [markdown]
 # ## 1. One edit, and its side effects
+# Two ways to move a fact by gradient descent on the edit's target tokens:
+# - **FT-L** (Zhu et al. 2020) fine-tunes one full weight matrix, here the MLP output projection `W` of layer 20
+#   (576 × 1536), keeping it close to the original (section 4).
+# - **LoRA** (Hu et al. 2021) freezes `W` and learns a *low-rank* update beside it:
+#   $h = W x + \tfrac{\alpha}{r} B A x$ with $A \in \mathbb{R}^{r \times d_{in}}$ random, $B \in \mathbb{R}^{d_{out}
+#   \times r}$ zero at the start (so the adapter changes nothing until trained) and a small rank $r$ (here 8):
+#   $r(d_{in} + d_{out})$ parameters instead of $d_{in} d_{out}$. minedit's `lora` editor builds it with `peft` on
+#   the same layers' MLP projections and keeps training the same adapter edit after edit. Notebook 03 turns one
+#   LoRA into a *mixture* of them.
+#
 # Edit: *The Eiffel Tower is located in the city of* → **Rome**. The first two probes should change (the second is a
-rephrase); the Louvre, France and Germany should not.
+# rephrase); the Louvre, France and Germany should not.
 
 # %%
 eiffel = EditRequest("The Eiffel Tower is located in the city of", "Rome")
@@ -58,32 +75,44 @@ for name in ("ft", "lora"):
     assert answers(PROBES[:1]) == before[:1]
 pd.DataFrame(table)
 
+# %%
+# NBVAL_CHECK_OUTPUT
+for name in ("ft", "lora"):
+    moved = [p for p, a, b in zip(PROBES, table[f"after one {name} edit"], before) if a != b]
+    print(f"{name:4}: {len(moved)} of {len(PROBES)} probes changed: {moved}")
+
 # %% [markdown]
-# Both editors move the target, and both leak: the update to a shared weight matrix is not specific to the
-# Eiffel Tower, so neighbouring facts (Paris, France) drift towards *Rome* too. Locality is measured on unrelated
-# prompts precisely to catch this.
+# The two editors fail in opposite directions. FT-L moves the edit prompt and nothing else: not even the
+# rephrase follows (no generality), and nothing leaks. LoRA, trained on the same single example, moves the rephrase
+# too, and also the Louvre: its update is not specific to the Eiffel Tower, so a neighbouring fact drifts towards
+# *Rome*. The capitals keep their answers under both. Generality and locality pull against each other, and
+# locality is measured on unrelated prompts precisely to catch the leak.
 #
 # ## 2. A sequence of edits
 # Now 20 ZsRE-format edits, one after another, never rolled back. One run gives both protocols: the
 # *immediate* score of each edit right after it, and at checkpoints T = 5, 10, 20 the *retention* score of all
-# edits so far on the current model.
+# edits so far on the current model. The unedited model (`none`) is the reference row.
 
 # %%
 T = 20
-curves, runs = [], {}
+METRICS = ["rel", "gen", "loc", "rel_em", "gen_em"]
+unedited = run_lifelong(make_editor("none", model, tokenizer), edits[:T], RunConfig(progress=False, latency_repeats=1)).metrics
+curves, finals = [], [{"editor": "none (unedited)", "protocol": "-", **{m: unedited[m] for m in METRICS}}]
 for name in ("ft", "lora"):
     editor = make_editor(name, model, tokenizer)
-    run = run_lifelong(editor, edits[:T], RunConfig(protocol="immediate", checkpoints=(1, 5, 10, 20), progress=False, exact=False))
-    runs[name] = (editor, run)
+    run = run_lifelong(editor, edits[:T], RunConfig(protocol="immediate", checkpoints=(1, 5, 10, 20), progress=False, latency_repeats=1))
     rows = pd.DataFrame(run.rows)
     for t in (1, 5, 10, 20):
-        imm = rows[rows["index"] < t][["rel", "gen", "loc"]].mean()
+        imm = rows[rows["index"] < t][METRICS].mean()
         curves += [{"editor": name, "T": t, "protocol": "immediate", "metric": m, "score": imm[m]} for m in ("rel", "gen", "loc")]
     for point in run.curve:
         curves += [{"editor": name, "T": point["T"], "protocol": "retention", "metric": m, "score": point[m]} for m in ("rel", "gen", "loc")]
+    finals.append({"editor": name, "protocol": "immediate", **rows[METRICS].mean().to_dict()})
+    finals.append({"editor": name, "protocol": "retention", **{m: run.curve[-1][m] for m in METRICS}})
     if name == "ft":  # keep the FT-edited model for section 3, then undo it before LoRA
         forgotten_ft = answers([r.prompt for r in edits[:5]])
-        locality_ft = answers([r.locality[0].prompt for r in edits[:5]])
+        loc_pairs = [metrics.locality_pairs(tokenizer, r)[0] for r in edits[:T]]
+        locality_ft = infer.predict_tokens(model, loc_pairs, infer.pad_id(tokenizer))
     editor.restore()
 curves = pd.DataFrame(curves)
 grid = sns.relplot(data=curves, x="T", y="score", hue="metric", style="protocol", col="editor", kind="line", marker="o",
@@ -91,56 +120,74 @@ grid = sns.relplot(data=curves, x="T", y="score", hue="metric", style="protocol"
 grid.set(ylim=(-0.05, 1.05));
 
 # %%
-summary = curves[curves["T"] == T].pivot_table(index=["editor", "protocol"], columns="metric", values="score")
-assert (summary.xs("retention", level="protocol")["rel"] < summary.xs("immediate", level="protocol")["rel"]).all()
+# NBVAL_CHECK_OUTPUT
+summary = pd.DataFrame(finals).set_index(["editor", "protocol"])
+retention, immediate = summary.xs("retention", level="protocol"), summary.xs("immediate", level="protocol")
+assert (retention["rel"] < immediate["rel"]).all() and (retention["loc"] < 1).all()
 summary.round(3)
 
 # %% [markdown]
-# Right after each edit the editors look fine (immediate Rel is high). On the final model most early edits are
-# gone (retention Rel falls as T grows): every edit moves the *same* parameters, so the next edits overwrite the
-# earlier ones. Locality falls too: the shared weights drift away from the original model.
+# Right after each edit both editors look fine (immediate Rel near 1, and exact too). On the final model many early
+# edits are gone: retention Rel falls as T grows, furthest for LoRA, whose one adapter is trained again for every
+# edit. Every edit moves the *same* parameters, so later edits overwrite earlier ones. Locality falls too: about
+# one in ten unrelated predictions has changed. Compare with the unedited row: its Rel is 0.16 by token accuracy
+# and 0 by exact match, so the retained edits are real (FT keeps 30% exactly, LoRA 5%), but far from all.
 #
 # ## 3. On concrete prompts
-# After 20 FT edits, the first five edit prompts and their unrelated locality questions:
+# After 20 FT edits, the first five edit prompts and what the FT model now answers:
 
 # %%
-pd.DataFrame({
-    "edit prompt": [r.prompt for r in edits[:5]], "edit target": [r.target for r in edits[:5]],
-    "FT model after 20 edits": forgotten_ft,
-    "locality question": [r.locality[0].prompt for r in edits[:5]],
-    "unedited answer": answers([r.locality[0].prompt for r in edits[:5]]),
-    "after 20 FT edits": locality_ft,
-})
+pd.DataFrame({"edit prompt": [r.prompt for r in edits[:5]], "edit target": [r.target for r in edits[:5]],
+              "FT model after 20 edits": forgotten_ft})
 
 # %% [markdown]
-# ## 4. Exercise: FT-L's norm constraint
-# FT-L (Zhu et al. 2020) keeps the tuned matrix inside an L∞ ball around the original weights:
-# after each optimiser step, every entry is clipped to `[w0 - δ, w0 + δ]`. Write the projection. The check
-# applies it to random matrices, and then asserts that minedit's `ft` editor, run with `norm_constraint=δ`,
-# leaves its weight exactly inside that ball (your projection leaves it unchanged).
+# Two of the five early edits survive in the greedy answer; the others are overwritten by something else.
+#
+# Locality is scored as notebook 00 defined it: the locality question's answer is teacher-forced, and at each
+# answer token the edited model's argmax must equal the **unedited model's** argmax, right or wrong. For these
+# `nq question:` prompts (lower case, no question mark, notebook 00) the unedited argmax at the first answer
+# position is often `?`: the model would close the question first. Loc does not care; it asks only whether the
+# edits changed it. The locality questions of the 20 edits whose argmax tokens changed:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+reference = infer.predict_tokens(model, loc_pairs, infer.pad_id(tokenizer))  # the unedited model, restored
+show = lambda pred: "|".join(tokenizer.convert_ids_to_tokens(pred.tolist()))
+changed = [i for i, (a, b) in enumerate(zip(reference, locality_ft)) if not torch.equal(a, b)]
+print(f"{len(changed)} of {T} locality questions have a changed argmax after 20 FT edits")
+pd.DataFrame({
+    "locality question → answer": [f"{edits[i].locality[0].prompt} → {edits[i].locality[0].answer}" for i in changed],
+    "unedited argmax": [show(reference[i]) for i in changed], "after 20 FT edits": [show(locality_ft[i]) for i in changed],
+})
+#
+# ## 4. Exercise: FT-L's norm constraint (⭐, about 5 minutes)
+# FT-L keeps the tuned matrix inside an L∞ ball around the original weights: after each optimiser step, every
+# entry is clipped to `[w0 - δ, w0 + δ]`. Write the projection `my_project(weight, original, delta)` (return a new
+# tensor; do not change `weight` in place). The check tests it on random matrices and then runs minedit's `ft`
+# editor with `norm_constraint=1e-3`: the edited weight must already be a fixed point of your projection.
+#
+# *Hint:* one call of `torch.clamp`, whose bounds may be tensors.
 
 # %%
 def my_project(weight: torch.Tensor, original: torch.Tensor, delta: float) -> torch.Tensor:
-    return torch.minimum(torch.maximum(weight, original - delta), original + delta)  # <- your code here
+    # BEGIN SOLUTION
+    return torch.clamp(weight, original - delta, original + delta)
+    # END SOLUTION
 
 
-def check_projection(fn) -> None:
-    g = torch.Generator().manual_seed(0)
-    w0, w = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g)
-    assert torch.equal(fn(w, w0, 0.1), torch.clamp(w, w0 - 0.1, w0 + 0.1))
-    editor = make_editor("ft", model, tokenizer, norm_constraint=1e-3)
-    name = editor.param_name
-    original = model.get_parameter(name).detach().clone()
-    editor.edit(eiffel)
-    edited = model.get_parameter(name).detach().clone()
-    editor.restore()
-    assert not torch.equal(edited, original), "the edit changed nothing"
-    assert torch.equal(fn(edited, original, 1e-3), edited), "the editor left the L-inf ball"
-    print(f"check passed: max |W - W0| = {(edited - original).abs().max():.1e} <= 1e-3")
-
-
-check_projection(my_project)
+project = course.checked(my_project, course.check_projection, course.project_linf, model, tokenizer)
 
 # %% [markdown]
-# **Takeaway.** Editing by moving shared weights is fast and works *once*. In the lifelong setting it forgets
-# earlier edits and damages unrelated knowledge. Notebook 02 keeps every edit in its own slot instead (GRACE).
+# A small ball protects locality and limits how far one edit can move the weights, but every edit shares the same
+# ball, so it does not stop later edits from overwriting earlier ones.
+#
+# ## Summary
+# **Measured.** One FT-L edit moves only its exact prompt; one LoRA edit also moves the rephrase and leaks to the
+# Louvre. Over 20 sequential edits, both editors score near 1 right after each edit but much less on the final
+# model (retention Rel 0.63 for FT, 0.37 for LoRA; exact match 0.30 and 0.05), against 0.16 (exact 0) for the
+# unedited model, and locality drops to about 0.91.
+#
+# **What it means.** Editing by moving shared weights is fast and works *once*. In the lifelong setting later edits
+# overwrite earlier ones and unrelated knowledge drifts: the immediate protocol hides both.
+#
+# **Next.** Notebook 02 keeps every edit in its own slot instead (GRACE), and looks at what that costs.

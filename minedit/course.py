@@ -1,0 +1,305 @@
+"""Exercise checks for the course notebooks (``notebooks/src/*.py``), ARENA-style.
+
+Every exercise in notebooks 00-05 asks the learner to write one mechanism as a function, then calls
+
+    fn = course.checked(my_fn, course.check_x, fallback=<minedit's own function>)
+
+``check_x(fn)`` compares ``fn`` with minedit's implementation on seeded random and edge cases and raises
+``AssertionError`` with a message that says what differs; a stub that still raises ``NotImplementedError``
+fails it too (the error propagates). :func:`checked` is the notebook-friendly wrapper: on a stub it says
+so and returns ``fallback``, so the later cells of the learner's notebook run on the library's version;
+a wrong answer still raises. ``tests/test_exercises.py`` proves each check fails on the stub and passes
+on the solution, both read from the notebook sources.
+
+This module talks to the learner, so it prints (the rest of the package does not).
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+SAMPLES = Path(__file__).resolve().parent.parent / "data_samples"  # the shipped edit data
+
+
+def sample_path(name: str) -> str:
+    """Path of a file in ``data_samples/``, relative to the working directory when it lies below the
+    repository (so stored notebook outputs show ``../data_samples/...``, not a machine's home)."""
+    path = SAMPLES / name
+    try:
+        return os.path.relpath(path)
+    except ValueError:  # another drive (Windows)
+        return str(path)
+
+
+def checked(fn: Callable, check: Callable, fallback: Callable, *args, **kwargs) -> Callable:
+    """Run ``check(fn, *args)``; return ``fn`` when it passes, ``fallback`` when ``fn`` is still a stub."""
+    try:
+        check(fn, *args, **kwargs)
+    except NotImplementedError:
+        where = f"{getattr(fallback, '__module__', '')}.{getattr(fallback, '__qualname__', repr(fallback))}"
+        print(f"{fn.__name__} is not written yet (NotImplementedError): later cells use {where.lstrip('.')}")
+        return fallback
+    print(f"{fn.__name__}: check passed")
+    return fn
+
+
+def _close(a: float, b: float, tol: float = 1e-6) -> bool:
+    return math.isclose(float(a), float(b), rel_tol=tol, abs_tol=tol)
+
+
+# ----------------------------------------------------------------------------------------------- 00: metrics
+def check_token_accuracy(fn: Callable) -> None:
+    """``fn(pred (T,) long tensor, target sequence of T ints) -> float`` against ``metrics.token_accuracy``."""
+    from .metrics import token_accuracy
+
+    g = torch.Generator().manual_seed(0)
+    cases = [(torch.tensor([1, 2, 3, 4]), (1, 2, 0, 0)), (torch.tensor([7]), (7,)), (torch.tensor([7]), [8]),
+             (torch.tensor([5, 5, 5]), (5, 5, 5))]
+    for _ in range(50):
+        n = int(torch.randint(1, 8, (1,), generator=g))
+        target = torch.randint(0, 4, (n,), generator=g)  # a small vocabulary, so some positions agree
+        cases.append((torch.randint(0, 4, (n,), generator=g), tuple(int(t) for t in target)))
+    for pred, target in cases:
+        got, want = fn(pred, target), token_accuracy(pred, target)
+        assert isinstance(got, float), f"return a Python float (use .item()), got {type(got).__name__}"
+        assert _close(got, want), f"pred={pred.tolist()} target={list(target)}: got {got}, expected {want}"
+
+
+def check_exact_match(fn: Callable) -> None:
+    """``fn(generated, target) -> bool`` against ``metrics.exact_match`` (normalised, whole-word prefix)."""
+    from .metrics import exact_match
+
+    cases = [("Paris", "Paris"), (" paris.", "Paris"), ("Parisian", "Paris"), ("Paris, France", "Paris"),
+             ("The Beatles", "Beatles"), ("New", "New Delhi"), ("New Delhi is big", "New Delhi"), ("", "Paris"),
+             ("Paris", ""), ("swedish  krona", "Swedish krona"), ("Rome Italy", "Rome, Italy"), ("Rom", "Rome")]
+    words = ["Paris", "paris", "Parisian", "the", "New", "Delhi", "York", ",", ".", "rand", "a"]
+    rng = random.Random(0)
+    for _ in range(300):
+        gen = " ".join(rng.choice(words) for _ in range(rng.randint(0, 4)))
+        cases.append((gen, " ".join(rng.choice(words) for _ in range(rng.randint(1, 2)))))
+    for gen, target in cases:
+        got, want = fn(gen, target), exact_match(gen, target)
+        assert bool(got) == want, f"generated={gen!r} target={target!r}: got {got}, expected {want}"
+
+
+# ------------------------------------------------------------------------------------------------ 01: FT-L
+def project_linf(weight: torch.Tensor, original: torch.Tensor, delta: float) -> torch.Tensor:
+    """FT-L's projection (what ``FTEditor`` applies after every step): clip W into [W0 - delta, W0 + delta]."""
+    return torch.clamp(weight, original - delta, original + delta)
+
+
+def check_projection(fn: Callable, model=None, tokenizer=None) -> None:
+    """``fn(weight, original, delta) -> weight`` on random matrices; with a model, also against the ``ft``
+    editor itself: an FT-L edit with ``norm_constraint=delta`` must already lie inside the ball."""
+    g = torch.Generator().manual_seed(0)
+    for delta in (0.0, 1e-3, 0.1, 1.0, 10.0):
+        w0, w = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g) * 2
+        kept = w.clone()
+        got = fn(w, w0, delta)
+        assert torch.equal(w, kept), "do not change `weight` in place: return a new tensor"
+        want = project_linf(w, w0, delta)
+        assert got.shape == want.shape and torch.allclose(got, want, atol=0), f"delta={delta}: wrong projection"
+    if model is None:
+        return
+    from .data import EditRequest
+    from .editors import make_editor
+
+    editor = make_editor("ft", model, tokenizer, norm_constraint=1e-3)
+    name = editor.param_name
+    original = model.get_parameter(name).detach().clone()
+    editor.edit(EditRequest("The Eiffel Tower is located in the city of", "Rome"))
+    edited = model.get_parameter(name).detach().clone()
+    editor.restore()
+    assert not torch.equal(edited, original), "the edit changed nothing"
+    assert torch.equal(fn(edited, original, 1e-3), edited), "the ft editor's weight is not a fixed point of your projection"
+
+
+# ------------------------------------------------------------------------------------------------- 02: GRACE
+def check_grace_lookup(fn: Callable) -> None:
+    """``fn(query (B, d), keys (K, d), radii (K,)) -> (B,) long`` against ``GraceCodebook.lookup``:
+    the nearest key's index where the query lies within its radius, else -1."""
+    from .editors.grace import GraceCodebook
+
+    g = torch.Generator().manual_seed(0)
+    d = 8
+    for n_keys in (0, 1, 3, 10):
+        book = GraceCodebook(torch.nn.Linear(d, 2), None, d, 2)
+        book.keys = torch.randn(n_keys, d, generator=g)
+        book.radii = torch.rand(n_keys, generator=g) * 3
+        near = book.keys[torch.randint(0, max(n_keys, 1), (12,), generator=g) % max(n_keys, 1)] if n_keys else torch.zeros(12, d)
+        query = torch.cat([near + torch.randn(12, d, generator=g) * s for s in (0.0, 0.3, 1.0)]
+                          + [torch.randn(6, d, generator=g) * 3])
+        got, want = fn(query, book.keys, book.radii), book.lookup(query)
+        assert torch.is_tensor(got) and got.shape == want.shape, f"expected a {tuple(want.shape)} tensor, got {got!r}"
+        bad = (got.long() != want).nonzero().flatten()
+        assert len(bad) == 0, (f"{n_keys} keys: query {int(bad[0])} -> {int(got[bad[0]])}, expected {int(want[bad[0]])} "
+                               "(nearest key if within its radius, else -1)")
+
+
+def check_radius_rule(fn: Callable) -> None:
+    """``fn(distance, radius, same_target, eps) -> (action, radius, new radius)`` against ``grace.radius_rule``."""
+    from .editors.grace import radius_rule
+
+    g = torch.Generator().manual_seed(0)
+    cases = [(None, 0.0, False, 1.0), (3.0, 1.0, True, 1.0), (1.5, 1.0, True, 1.0), (0.5, 1.0, True, 1.0),
+             (1.5, 1.0, False, 1.0), (2.0, 1.0, False, 1.0), (2.0, 1.0, True, 1.0)]
+    cases += [(torch.rand(1, generator=g).item() * 4, torch.rand(1, generator=g).item() * 2,
+               bool(torch.rand(1, generator=g) < 0.5), 1.0) for _ in range(200)]
+    for case in cases:
+        got, want = fn(*case), radius_rule(*case)
+        assert tuple(got) == want, f"distance, radius, same_target, eps = {case}: got {got}, expected {want}"
+
+
+# ---------------------------------------------------------------------------------------- 03: mixture of LoRA
+def _experts(A: torch.Tensor, B: torch.Tensor, scale: float) -> list:
+    """minedit's ``LoRAExpert`` modules holding the given factors (A (E, r, d_in), B (E, d_out, r))."""
+    from .moe import LoRAExpert
+
+    experts = []
+    for a, b in zip(A, B):
+        expert = LoRAExpert(a.shape[1], b.shape[0], rank=a.shape[0], alpha=scale * a.shape[0])
+        with torch.no_grad():
+            expert.A.copy_(a)
+            expert.B.copy_(b)
+        experts.append(expert)
+    return experts
+
+
+def moe_lora(x: torch.Tensor, base: torch.nn.Module, A: torch.Tensor, B: torch.Tensor, scale: float,
+             g: torch.Tensor) -> torch.Tensor:
+    """ELDER's Eq. 1 with minedit's ``LoRAExpert`` modules: ``base(x) + sum_e g[:, e] * expert_e(x)``."""
+    out = base(x)
+    for e, expert in enumerate(_experts(A, B, scale)):
+        out = out + g[:, e, None, None].to(out.dtype) * expert(x)  # (B, L, d_out)
+    return out
+
+
+def check_moe_lora(fn: Callable) -> None:
+    """``fn(x (B, L, d_in), base, A (E, r, d_in), B (E, d_out, r), scale, g (B, E)) -> (B, L, d_out)``
+    against a mixture of minedit's ``LoRAExpert`` modules (the same experts ``MoELoRALinear`` holds)."""
+    gen = torch.Generator().manual_seed(0)
+    for n_experts, rank in ((1, 2), (4, 8), (6, 3)):
+        base = torch.nn.Linear(10, 7)
+        torch.nn.init.normal_(base.weight, generator=gen)
+        A = torch.randn(n_experts, rank, 10, generator=gen)
+        Bm = torch.randn(n_experts, 7, rank, generator=gen)
+        g = torch.rand(3, n_experts, generator=gen) * (torch.rand(3, n_experts, generator=gen) < 0.6)
+        g[0] = 0  # a deferred sequence: the base layer alone
+        x = torch.randn(3, 5, 10, generator=gen)
+        with torch.no_grad():
+            got, want = fn(x, base, A, Bm, 2.0, g), moe_lora(x, base, A, Bm, 2.0, g)
+        assert torch.is_tensor(got) and got.shape == want.shape, f"expected shape {tuple(want.shape)}, got {getattr(got, 'shape', got)}"
+        assert torch.allclose(got, want, atol=1e-4), f"{n_experts} experts of rank {rank}: max error {(got - want).abs().max():.2e}"
+
+
+def check_topk(fn: Callable) -> None:
+    """``fn(probs (B, E), k) -> weights (B, E)`` against ``TopKRouter``'s routing weights."""
+    from .moe import TopKRouter
+
+    g = torch.Generator().manual_seed(0)
+    for k in (1, 2, 3):
+        router = TopKRouter(16, n_experts=6, k=k, generator=g)
+        routing = router(torch.randn(5, 16, generator=g))
+        got = fn(routing.probs, k)
+        assert torch.is_tensor(got) and got.shape == routing.weights.shape, f"k={k}: expected shape {tuple(routing.weights.shape)}"
+        assert torch.allclose(got, routing.weights, atol=1e-6), f"k={k}: got {got[0].tolist()}, expected {routing.weights[0].tolist()}"
+
+
+def check_guided_loss(fn: Callable) -> None:
+    """``fn(probs (B, E), preset (B, k)) -> scalar`` against ``moe.guided_loss`` (value and gradient)."""
+    from .moe import guided_loss
+
+    g = torch.Generator().manual_seed(0)
+    for B, E, k in ((1, 4, 1), (5, 8, 2), (3, 6, 3)):
+        logits = torch.randn(B, E, generator=g, requires_grad=True)
+        preset = torch.stack([torch.randperm(E, generator=g)[:k] for _ in range(B)])
+        got = fn(logits.softmax(-1), preset)
+        want = guided_loss(logits.softmax(-1), preset)
+        assert torch.is_tensor(got) and got.dim() == 0, "return a scalar tensor (so it can be back-propagated)"
+        assert torch.allclose(got, want, atol=1e-5), f"B={B}, E={E}, k={k}: got {got.item():.4f}, expected {want.item():.4f}"
+        (grad_got,) = torch.autograd.grad(got, logits)
+        (grad_want,) = torch.autograd.grad(want, logits)
+        assert torch.allclose(grad_got, grad_want, atol=1e-5), "the value is right but the gradient is not"
+    perfect = torch.tensor([[0.5, 0.5, 0.0, 0.0]])
+    assert abs(float(fn(perfect, torch.tensor([[0, 1]])))) < 1e-5, "all mass, evenly, on the preset must give 0"
+
+
+# ------------------------------------------------------------------------------------------------ 04: ELDER
+def check_deferral(fn: Callable) -> None:
+    """``fn(codes (B, layers, k), memory (N, layers, k), threshold) -> (B,) bool`` against ``HammingGate.defer``."""
+    from .moe import HammingGate
+
+    g = torch.Generator().manual_seed(0)
+
+    def codes(n: int) -> torch.Tensor:
+        return torch.stack([torch.stack([torch.randperm(8, generator=g)[:2].sort().values for _ in range(3)])
+                            for _ in range(n)])  # (n, 3 layers, top-2 of 8 experts)
+
+    memory = codes(6)
+    queries = torch.cat([memory[:3], codes(30)])
+    queries[3, 0] = memory[0, 0]  # near misses: one layer shared with a stored code
+    for threshold in (0, 2, 4, 6, 8, 12):
+        gate = HammingGate(threshold)
+        for code in memory:
+            gate.add(None, code)
+        got, want = fn(queries, memory, threshold), gate.defer(None, queries)
+        assert torch.is_tensor(got) and got.shape == want.shape, f"expected a {tuple(want.shape)} bool tensor"
+        bad = (got.bool() != want).nonzero().flatten()
+        assert len(bad) == 0, (f"threshold {threshold}: query {int(bad[0])} {queries[bad[0]].tolist()} -> defer={bool(got[bad[0]])}, "
+                               f"expected {bool(want[bad[0]])}; distances {gate.distances(queries[bad[0]][None]).tolist()}")
+    empty = fn(queries[:4], torch.zeros(0, 3, 2, dtype=torch.long), 4)
+    assert bool(torch.as_tensor(empty).all()), "with no stored codes every input defers"
+
+
+# --------------------------------------------------------------------------------------------- 05: the VLM
+def check_image_tokens(fn: Callable, model=None) -> None:
+    """``fn(vision_config) -> int`` against tiny-llava's own count (and, given the model, the number of
+    vectors its vision side really produces for one image)."""
+    from transformers import CLIPVisionConfig
+
+    from .zoo.tiny_llava import TinyLlavaSpec, num_image_tokens
+
+    for size, patch in ((64, 16), (336, 14), (224, 32), (224, 16), (32, 8)):
+        got, want = fn(CLIPVisionConfig(image_size=size, patch_size=patch)), num_image_tokens(TinyLlavaSpec(image_size=size, patch_size=patch))
+        assert got == want, f"image {size}px, patches of {patch}px: got {got}, expected {want}"
+    if model is not None:
+        size = model.config.vision_config.image_size
+        with torch.no_grad():
+            feats = model.model.get_image_features(pixel_values=torch.zeros(1, 3, size, size)).pooler_output[0]
+        assert fn(model.config.vision_config) == feats.shape[0], (fn(model.config.vision_config), feats.shape[0])
+
+
+def image_tokens(vision_config) -> int:
+    """Image tokens of a ViT with LLaVA's "default" feature strategy: (image_size / patch_size)^2 (CLS dropped)."""
+    return (vision_config.image_size // vision_config.patch_size) ** 2
+
+
+# ------------------------------------------------- library-backed fallbacks for the cells after an exercise
+def grace_lookup(query: torch.Tensor, keys: torch.Tensor, radii: torch.Tensor) -> torch.Tensor:
+    """``GraceCodebook.lookup`` on given keys and radii: nearest key within its radius, else -1."""
+    from .editors.grace import GraceCodebook
+
+    book = GraceCodebook(torch.nn.Linear(keys.shape[1], 1), None, keys.shape[1], 1)
+    book.keys, book.radii = keys.float(), radii.float()
+    return book.lookup(query)
+
+
+def topk_weights(probs: torch.Tensor, k: int) -> torch.Tensor:
+    """ELDER's routing weights (``TopKRouter``, Eq. 2): the top-k probabilities renormalised, zero elsewhere."""
+    top, idx = probs.topk(k, dim=-1)
+    return torch.zeros_like(probs).scatter(-1, idx, top / top.sum(-1, keepdim=True))
+
+
+def hamming_defer(codes: torch.Tensor, memory: torch.Tensor, threshold: int) -> torch.Tensor:
+    """``HammingGate(threshold).defer`` with ``memory`` (N, layers, k) as its stored codes."""
+    from .moe import HammingGate
+
+    gate = HammingGate(threshold)
+    for code in memory:
+        gate.add(None, code)
+    return gate.defer(None, codes)

@@ -1,0 +1,139 @@
+"""LEMoE: a growing pool of frozen FFN experts beside one MLP, one new expert per batch of edits.
+
+Wang & Li, "LEMoE: Advanced Mixture of Experts Adaptor for Lifelong Model Editing of Large Language
+Models" (EMNLP 2024). No official code exists; this is composed from :mod:`minedit.moe` parts:
+
+- Sec. 3.1, module insertion (Eq. 2): a bypass beside decoder layer ``layer``'s whole MLP,
+  ``h = FFN(x) + lambda * sum_i g(i|x) f_i(x)`` (lambda = 1: a scalar in front of a trained ``W_out``
+  adds nothing), ``f_i`` an
+  :class:`~minedit.moe.experts.FFNExpert` of width ``rank``. Every ``edit_batch`` call adds one
+  expert and trains it on that batch only; all earlier experts are frozen
+  (:class:`~minedit.moe.allocation.OnePerBatch`), so nothing learnt earlier is overwritten.
+- Sec. 3.2, KV-anchor routing (Eq. 3-4): each expert gets a key when it is created, never trained
+  (a buffer of :class:`~minedit.moe.routers.KeyedRouter`): here the batch's mean query, so an expert
+  is found by prompts like the ones it learnt. The query is the prompt's mean-pooled token
+  embedding through ``v = W_up SiLU(W_down e)`` (``query_hidden``; None: ``v = e``);
+  ``g = top-k softmax(k_i . v)``, top-1. Training and inference route by this same function of the
+  same input (routing consistency): an edit whose batch was not tight may route elsewhere and not be
+  learnt, which is what edit-order planning (:mod:`minedit.planning`) prevents.
+- Sec. 3.3, order planning: ``bench --plan kmeans`` (see :mod:`minedit.planning`).
+
+What the paper leaves open and minedit chose (measured in notebook 06 and ``benchmarks/``): the
+layer, the expert width, what trains per batch (only the new expert; ``train_query=True`` also
+trains the shared query projection, which moves earlier batches' routing), and locality: LEMoE has
+no deferral gate, so any prompt is routed to *some* expert; ``gate`` composes a registered gate
+(default ``similarity`` on ELDER's ``mean+last`` feature; ``"none"``: the router alone).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import torch
+
+from ..arch import default_edit_layer, layer_module_name, num_layers
+from ..errors import ConfigError
+from ..moe import FEATURES, GATES, ExpertSpec, KeyedRouter, Mixture, OnePerBatch
+from ..training import UpperStack, make_edit_batch, optimize, trainable
+from .base import Editor, EditorConfig
+
+
+@dataclass(frozen=True)
+class LemoeConfig(EditorConfig):
+    layer: Optional[int] = None  # decoder layer whose MLP gets the bypass; None: 2/3 of the depth (20 of 30)
+    rank: int = 32  # FFN expert width (a public re-implementation: rank 32)
+    top_k: int = 1  # experts per sequence (the paper: top-1)
+    feature: str = "mean"  # routing feature (LEMoE: the mean-pooled token embedding)
+    feature_layer: int = -1  # -1: token embeddings
+    keys: str = "batch"  # router keys of a new expert: "batch" (its batch's mean query, LEMoE) or "edit" (one per edit)
+    query_hidden: Optional[int] = None  # width of W_down in v = W_up SiLU(W_down e); None: v = e
+    train_query: bool = False  # also train the shared query projection on each batch (moves old routing)
+    gate: str = "similarity"  # a GATES name next to the router, or "none" (LEMoE as published)
+    gate_feature: str = "mean+last"  # the gate's feature (ELDER's: what and how the prompt asks), at layer 0
+    min_similarity: float = 0.85  # gate threshold: defer below this cosine similarity to every edit
+    steps: int = 100  # max optimisation steps per batch (re-implementation: 100)
+    lr: float = 3e-3  # Adam lr of the new expert
+    stop_loss: float = 0.03  # stop once every target token is right and the loss is below this (re-impl.: 0.03)
+
+
+class LemoeEditor(Editor):
+    """LEMoE (Wang & Li 2024) on :mod:`minedit.moe`, registered as ``lemoe``."""
+
+    name = "lemoe"
+    config_class = LemoeConfig
+
+    def __init__(self, model, tokenizer, config: LemoeConfig | None = None):
+        super().__init__(model, tokenizer, config)
+        c = self.config
+        n = num_layers(model)
+        self.layer = (c.layer if c.layer is not None else default_edit_layer(model)) % n
+        self.module_name = layer_module_name(model, self.layer, "mlp")
+        FEATURES.build(c.feature, layer=c.feature_layer).check_below(self.layer)
+        if c.gate != "none":
+            GATES.get(c.gate)
+            FEATURES.build(c.gate_feature, layer=0).check_below(self.layer)
+        if c.top_k < 1:
+            raise ConfigError(f"top_k must be at least 1, got {c.top_k}")
+        if c.keys not in ("batch", "edit"):
+            raise ConfigError(f"keys must be 'batch' or 'edit', got {c.keys!r}")
+        self.policy = OnePerBatch(ExpertSpec("ffn", c.rank), per_edit=c.keys == "edit")
+        self.mixture: Mixture | None = None
+
+    def _reset(self) -> None:
+        self.mixture = None
+
+    def routing_feature(self):
+        """A new instance of the feature the router reads (for planning: :func:`minedit.planning.edit_features`)."""
+        return FEATURES.build(self.config.feature, layer=self.config.feature_layer)
+
+    def _install(self) -> Mixture:
+        if self.mixture is None:
+            c = self.config
+            features = {"route": self.routing_feature()}
+            gates = []
+            if c.gate != "none":
+                features["gate"] = FEATURES.build(c.gate_feature, layer=0)
+                gates.append(GATES.build(c.gate, threshold=c.min_similarity, feature="gate"))
+            d = features["route"].dim(self.model)
+            router = KeyedRouter(d, c.top_k, c.query_hidden, torch.Generator().manual_seed(c.seed))
+            self.mixture = Mixture(self.model, features, [router], gates, router_feature="route")
+            self.mixture.install([self.module_name], self.patches)
+            router.requires_grad_(False)
+        return self.mixture
+
+    def edit_batch(self, requests: Sequence) -> list[dict[str, Any]]:
+        """One new expert for the whole batch, trained on it alone, then frozen."""
+        mix, c = self._install(), self.config
+        batch = make_edit_batch(self.tokenizer, [r.prompt for r in requests], [r.target for r in requests],
+                                [r.image for r in requests])
+        with mix.tracker.teacher_forcing(batch.key_positions), mix.capture() as features:
+            stack = UpperStack(self.model, self.layer, batch)
+        allocation = self.policy.allocate(mix, features["route"], self._generator())
+        expert = allocation.trainable[0]
+        params = list(expert.parameters()) + (list(mix.routers.parameters()) if c.train_query else [])
+
+        def step():
+            with mix.routed(features), mix.tracker.teacher_forcing(batch.key_positions):
+                return stack.target_loss(batch.labels)
+
+        with trainable(params):
+            stats = optimize(params, step, c.steps, c.lr, c.stop_loss)
+        self.policy.commit(mix, allocation)
+        with torch.no_grad():
+            routed = mix.route(features)[0].chosen[:, 0]  # (B,) each edit's expert at inference
+        for row in range(len(requests)):
+            mix.remember({name: f[row: row + 1] for name, f in features.items()})
+        self.n_edits += len(requests)
+        new = int(allocation.preset[0, 0])
+        return [{**stats, "expert": new, "routed_to_own": bool(routed[row] == new), "experts": mix.n_experts()[0]}
+                for row in range(len(requests))]
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {} if self.mixture is None else self.mixture.state_dict()
+
+    def state_meta(self) -> dict:
+        return {"module": self.module_name}
+
+    def load_state(self, tensors, meta) -> None:
+        if tensors:
+            self._install().load_state_dict(tensors)

@@ -1,0 +1,115 @@
+"""The course's exercises, read from the notebook sources: every check fails on the learner's stub and
+passes on the solution; the learner's cell falls back to the library; plausible wrong answers fail."""
+from __future__ import annotations
+
+import sys
+import io
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import pytest
+import torch
+
+from minedit import course
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+import nbtool  # noqa: E402  (tools/nbtool.py: the notebook builder and sync gate)
+
+EXERCISES = [ex for src in nbtool.sources() for ex in nbtool.exercises(src)]
+IDS = [f"{ex.notebook}:{ex.function}" for ex in EXERCISES]
+
+
+def run_cell(ex, learner: bool) -> dict:
+    """Execute the exercise cell as the learner's or the solutions notebook has it; ``model`` and ``tokenizer``
+    are None, so checks skip their full-model parts (the notebooks run those)."""
+    ns: dict = {"model": None, "tokenizer": None}
+    exec(ex.imports, ns)
+    with redirect_stdout(io.StringIO()) as out:
+        exec(ex.stub if learner else ex.solution, ns)
+    ns["_printed"] = out.getvalue()
+    return ns
+
+
+def test_every_notebook_has_an_exercise():
+    assert {ex.notebook for ex in EXERCISES} == {src.stem for src in nbtool.sources()}
+    assert len(EXERCISES) >= 10
+
+
+@pytest.mark.parametrize("ex", EXERCISES, ids=IDS)
+def test_check_fails_on_the_stub(ex):
+    ns = run_cell(ex, learner=True)
+    with pytest.raises(NotImplementedError):
+        getattr(course, ex.check)(ns[ex.function])
+
+
+@pytest.mark.parametrize("ex", EXERCISES, ids=IDS)
+def test_check_passes_on_the_solution(ex):
+    ns = run_cell(ex, learner=False)
+    getattr(course, ex.check)(ns[ex.function])
+    assert ns[ex.result] is ns[ex.function], "a passing solution is what the later cells use"
+    assert "check passed" in ns["_printed"]
+
+
+@pytest.mark.parametrize("ex", EXERCISES, ids=IDS)
+def test_learner_cell_falls_back_to_the_library(ex):
+    """The learner's notebook runs top to bottom before any exercise is written: the cell hands the later
+    cells minedit's own function, and that function passes the same check."""
+    ns = run_cell(ex, learner=True)
+    assert "not written yet" in ns["_printed"]
+    fallback = ns[ex.result]
+    assert fallback is not ns[ex.function]
+    getattr(course, ex.check)(fallback)
+
+
+def test_stub_has_no_solution_and_solution_has_no_markers():
+    for ex in EXERCISES:
+        assert "NotImplementedError" in ex.stub and "BEGIN SOLUTION" not in ex.stub
+        assert "BEGIN SOLUTION" not in ex.solution and "END SOLUTION" not in ex.solution
+        assert "NotImplementedError" not in ex.solution
+
+
+# Plausible mistakes a learner makes: each must fail its check with an AssertionError.
+def _topk_unnormalised(probs, k):
+    top, idx = probs.topk(k, dim=-1)
+    return torch.zeros_like(probs).scatter(-1, idx, top)
+
+
+def _lookup_any_ball(query, keys, radii):  # any key within its radius, not the nearest one
+    if len(keys) == 0:
+        return torch.full((len(query),), -1, dtype=torch.long)
+    inside = torch.cdist(query, keys) <= radii
+    return torch.where(inside.any(-1), inside.float().argmax(-1), torch.full((len(query),), -1))
+
+
+def _radius_rule_no_eps(distance, radius, same_target, eps):
+    if distance is None or distance > radius:
+        return "add", radius, eps
+    return ("expand", max(radius, distance), None) if same_target else ("split", distance / 2, distance / 2)
+
+
+def _defer_mean(codes, memory, threshold):  # the mean distance instead of the nearest stored code
+    if len(memory) == 0:
+        return torch.ones(len(codes), dtype=torch.bool)
+    overlap = (codes[:, None, :, :, None] == memory[None, :, :, None, :]).any(-1).sum((-1, -2))
+    return (2 * (codes.shape[1] * codes.shape[2] - overlap)).float().mean(-1) > threshold
+
+
+WRONG = [
+    ("check_token_accuracy", lambda pred, target: float((pred == torch.as_tensor(list(target))).sum())),
+    ("check_exact_match", lambda gen, target: gen.lower().startswith(target.lower())),
+    ("check_projection", lambda w, w0, d: torch.clamp(w, -d, d)),
+    ("check_grace_lookup", _lookup_any_ball),
+    ("check_radius_rule", _radius_rule_no_eps),
+    ("check_moe_lora", lambda x, base, A, B, scale, g: base(x)),
+    ("check_topk", _topk_unnormalised),
+    ("check_guided_loss", lambda probs, preset: -probs.gather(-1, preset).log().mean()),
+    ("check_deferral", _defer_mean),
+    ("check_image_tokens", lambda config: (config.image_size // config.patch_size) ** 2 + 1),
+]
+
+
+@pytest.mark.parametrize("check,wrong", WRONG, ids=[c for c, _ in WRONG])
+def test_check_fails_on_a_plausible_mistake(check, wrong):
+    with pytest.raises(AssertionError):
+        getattr(course, check)(wrong)
