@@ -321,7 +321,7 @@ def test_save_failing_at_the_final_rename_keeps_the_previous_save(toy_registered
     real_rename = base.os.rename
 
     def rename(src, dst):
-        if Path(dst) == tmp_path / "ed" and "-old-" not in Path(src).name:  # the new folder moving into place
+        if Path(dst) == tmp_path / "ed" and not Path(src).name.endswith(".old"):  # the new folder moving into place
             raise OSError("simulated failure between the two renames")
         return real_rename(src, dst)
 

@@ -229,3 +229,34 @@ def test_keyed_router_expert_with_several_keys_scores_its_best_key():
     r = router(torch.eye(4)[:3] * 2)
     assert r.chosen[:, 0].tolist() == [1, 1, 1]  # each edit reaches expert 1 through its own key
     assert router.scores(torch.eye(4)[3:])[0, 1] == 0.0  # orthogonal to every key of expert 1
+
+
+def test_mixture_with_a_text_and_a_visual_feature_routes_once_both_are_in():
+    """Routers read the text feature, a gate the image's: a text-only batch gets the zero image feature."""
+    model = build_tiny_llava()
+    patches = Patcher(model)
+    features = {"text": MeanPooledHidden(0), "image": VisionFeature()}
+    gate = SimilarityGate(0.99, feature="image")
+    mix = Mixture(model, features, [TopKRouter(32, 0, 1)], [gate])
+    mix.install([layer_module_name(model, 1, "mlp_out")], patches)
+    w = mix.wrappers[0]
+    mix.add_experts(0, [ExpertSpec("lora", 2, 4.0).build(w.d_in, w.d_out, GEN(0))], GEN(1))
+    token = model.config.image_token_id
+    ids = torch.tensor([[1] + [token] * 4 + [5, 6]])
+    pixels = torch.randn(1, 3, 32, 32, generator=GEN(2))
+    try:
+        with torch.no_grad(), mix.capture() as edit:
+            model(input_ids=ids, pixel_values=pixels)
+        assert set(edit) == {"text", "image"} and edit["image"].abs().sum() > 0
+        mix.remember(edit)  # the edit's image is now known to the gate
+        with torch.no_grad():
+            model(input_ids=ids, pixel_values=pixels)
+            assert mix.last_deferred.tolist() == [False]  # same image: the experts answer
+            model(input_ids=ids, pixel_values=torch.randn(1, 3, 32, 32, generator=GEN(3)))
+            assert mix.last_deferred.tolist() == [True]  # another image: deferred
+            with mix.capture() as text_only:
+                model(input_ids=torch.tensor([[1, 5, 6, 7]]))
+        assert torch.equal(text_only["image"], torch.zeros(1, 32)) and mix.last_deferred.tolist() == [True]
+    finally:
+        patches.undo()
+    assert not model._forward_pre_hooks

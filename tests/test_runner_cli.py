@@ -214,11 +214,15 @@ def _bad_inputs(tmp_path):
         "set-unknown-field": (["--set", "learning_rate=0.1"], ["unknown EditorConfig field(s): learning_rate"]),
         "bad-int": (["--edits", "many"], ["--edits", "invalid int value"]),
         "bad-protocol": (["--protocol", "forever"], ["--protocol", "invalid choice"]),
+        "unknown-router": (["--editor", "elder", "--set", "router=magic"], ["unknown router 'magic'", "topk"]),
+        "unknown-gate": (["--editor", "elder", "--set", "gate=magic"], ["unknown gate 'magic'"]),
+        "bad-feature-layer": (["--editor", "elder", "--set", "feature_layer=-2"], ["feature_layer -2 must be -1"]),
     }
 
 
 BAD_IDS = ["missing-data-file", "unknown-format", "unknown-editor", "unknown-model", "malformed-json", "bad-record",
-           "too-many-edits", "zero-edits", "set-without-equals", "set-unknown-field", "bad-int", "bad-protocol"]
+           "too-many-edits", "zero-edits", "set-without-equals", "set-unknown-field", "bad-int", "bad-protocol",
+           "unknown-router", "unknown-gate", "bad-feature-layer"]
 
 
 @pytest.mark.parametrize("case", BAD_IDS)
@@ -371,3 +375,13 @@ def test_load_model_passes_device_map_and_torch_dtype_through(tmp_path, smol_tok
     assert input_device(model) == torch.device("cpu")
     with pytest.raises(ValueError, match="device or device_map"):
         load_model(str(folder), device="cpu", device_map="auto")
+
+
+def test_cli_picks_registered_parts_by_name(tmp_path):
+    out = tmp_path / "parts"
+    code = main(["bench", "--editor", "elder", "--edits", "2", "--no-exact", "--out", str(out), "--set", "router=topk",
+                 "--set", "gate=similarity", "--set", "feature=mean", "--set", "remedy=[\"fresh\"]"])
+    assert code == 0
+    result = json.loads((out / "results.json").read_text())
+    assert result["config"]["router"] == "topk" and result["config"]["feature"] == "mean"
+    assert 0.0 <= result["metrics"]["rel"] <= 1.0 and result["metrics"]["loc"] == 1.0
