@@ -122,9 +122,8 @@ def plan_for(editor: Editor, requests: Sequence[EditRequest], batch_size: int, m
              seed: int = 0) -> list[list[int]]:
     """The edit batches (request indices) in the order ``method`` plans them (:mod:`minedit.planning`),
     clustered on the editor's routing feature (``editor.routing_feature()``; else the mean token embedding)."""
-    from .planning import edit_features, plan_batches
-
     from .moe.features import MeanPooledHidden
+    from .planning import edit_features, plan_batches
 
     if method in ("none", "random"):  # no features needed
         return plan_batches(torch.zeros(len(requests), 1), batch_size, method, seed)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from ..arch import arch_spec, decoder_layers, vision_output_name
 from ..errors import ConfigError
-from ..sequence import SequenceTracker
+from ..sequence import SequenceTracker, tracker_for
 from .registry import Registry
 
 FEATURES: Registry["SequenceFeature"] = Registry("feature")
@@ -184,7 +184,6 @@ class VisionFeature(SequenceFeature):
         return None
 
     def module_for(self, model: nn.Module) -> nn.Module:
-        self._image_token = model.config.image_token_id
         return model.get_submodule(vision_output_name(model))
 
     def begin(self, kwargs: dict) -> None:
@@ -196,7 +195,7 @@ class VisionFeature(SequenceFeature):
             self._callback(self.value)
 
     def attach(self, model: nn.Module, tracker: SequenceTracker, callback: Callback) -> list:
-        self._d = self.dim(model)
+        self._d, self._image_token = self.dim(model), model.config.image_token_id
         return super().attach(model, tracker, callback)
 
     def _hook(self, module, args, output) -> None:
@@ -215,8 +214,6 @@ class VisionFeature(SequenceFeature):
 def sequence_features(model: nn.Module, batch: dict, feature: SequenceFeature) -> torch.Tensor:
     """(B, d): ``feature`` of each sequence of one forward pass of ``model`` on ``batch`` (its keyword
     arguments, prompts left-padded), without any mixture; the hooks are gone afterwards."""
-    from ..sequence import tracker_for
-
     tracker, captured = tracker_for(model), []
     feature.attach(model, tracker, captured.append)
     try:
