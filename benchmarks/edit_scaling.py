@@ -48,11 +48,14 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=None, help="FORMAT:PATH (default: zsre_bench.json; for tiny-llava the MMEdit sample)")
     p.add_argument("--budget-minutes", type=float, default=30.0, help="skip a T whose projected run passes this")
     p.add_argument("--set", action="append", default=[], metavar="EDITOR.KEY=VALUE", help="config override")
+    p.add_argument("--edit-batch", default="1", help="comma-separated edits per edit_batch call (LEMoE: one expert per batch)")
+    p.add_argument("--plan", default="none", choices=["none", "random", "kmeans"], help="edit order within each run")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "edit_scaling.json"))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
     sizes = [int(t) for t in args.T.split(",")]
+    batch_sizes = [int(b) for b in args.edit_batch.split(",")]
     if args.data is None:
         args.data = default_data(args.model) if args.model == "tiny-llava" else f"zsre:{sample('zsre_bench.json')}"
     requests = load_edits(args.data, limit=max(sizes))
@@ -63,23 +66,25 @@ def main(argv=None) -> int:
         name, _, field = key.partition(".")
         overrides.setdefault(name, {})[field] = value
     rows = []
-    for name in args.editors.split(","):
+    runs = [(name, b) for name in args.editors.split(",") for b in batch_sizes]
+    for name, b in runs:
         cls = get_editor(name)
         last_rate = None  # seconds per edit (editing + scoring) at the previous T
         for T in sizes:
             if T > len(requests):
-                rows.append({"editor": name, "T": T, "skipped": f"data has only {len(requests)} records"})
+                rows.append({"editor": name, "T": T, "batch": b, "skipped": f"data has only {len(requests)} records"})
                 continue
             if last_rate is not None and last_rate * T > args.budget_minutes * 60:
-                rows.append({"editor": name, "T": T, "skipped": f"projected {last_rate * T / 60:.0f} min > budget"})
+                rows.append({"editor": name, "T": T, "batch": b, "skipped": f"projected {last_rate * T / 60:.0f} min > budget"})
                 continue
             torch.manual_seed(0)
             editor = cls(model, tokenizer, config_from_dict(cls.config_class, overrides.get(name, {})))
             start = time.perf_counter()
-            run = run_lifelong(editor, requests[:T], RunConfig(exact=False, progress=sys.stderr.isatty()))
+            run = run_lifelong(editor, requests[:T], RunConfig(exact=False, progress=sys.stderr.isatty(), edit_batch_size=b,
+                                                                   plan=args.plan))
             wall = time.perf_counter() - start
             last_rate = wall / T
-            row = {"editor": name, "T": T, "seconds_per_edit": run.seconds_per_edit,
+            row = {"editor": name, "T": T, "batch": b, "plan": args.plan, "seconds_per_edit": run.seconds_per_edit,
                    "inference_overhead": run.inference_overhead, "state_bytes_per_edit": state_bytes(editor) / T,
                    "peak_rss_mb": peak_rss_mb(), "wall_seconds": wall,
                    **{k: v for k, v in run.metrics.items() if not k.endswith("_em")}}
@@ -91,13 +96,13 @@ def main(argv=None) -> int:
     out.write_text(json.dumps(rows, indent=1) + "\n")
     metrics = [k for k in next((r for r in rows if "skipped" not in r), {}) if k in METRICS + MULTIMODAL_METRICS]
     metrics = list(dict.fromkeys(metrics))
-    header = f"{'editor':<8}{'T':>6}{'s/edit':>9}{'overhead':>10}{'KB/edit':>9}{'peakMB':>8}" + "".join(f"{m:>7}" for m in metrics)
+    header = f"{'editor':<8}{'T':>6}{'batch':>6}{'s/edit':>9}{'overhead':>10}{'KB/edit':>9}{'peakMB':>8}" + "".join(f"{m:>7}" for m in metrics)
     print(header)
     for r in rows:
         if "skipped" in r:
-            print(f"{r['editor']:<8}{r['T']:>6}  skipped: {r['skipped']}")
+            print(f"{r['editor']:<8}{r['T']:>6}{r.get('batch', 1):>6}  skipped: {r['skipped']}")
         else:
-            print(f"{r['editor']:<8}{r['T']:>6}{r['seconds_per_edit']:>9.3f}{r['inference_overhead']:>10.3f}"
+            print(f"{r['editor']:<8}{r['T']:>6}{r.get('batch', 1):>6}{r['seconds_per_edit']:>9.3f}{r['inference_overhead']:>10.3f}"
                   f"{r['state_bytes_per_edit'] / 1024:>9.1f}{r['peak_rss_mb']:>8.0f}" + "".join(f"{r[m]:>7.3f}" for m in metrics))
     return 0
 

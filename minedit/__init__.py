@@ -28,7 +28,7 @@ _API = {
     "FTConfig": "minedit.editors",
     "GraceConfig": "minedit.editors.grace",
     "LoRAEditorConfig": "minedit.editors",
-    "samples_dir": "minedit.paths",
+    "LemoeConfig": "minedit.editors",
 }
 
 __all__ = sorted(_API)

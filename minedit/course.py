@@ -1,6 +1,6 @@
 """Exercise checks for the course notebooks (``notebooks/src/*.py``), ARENA-style.
 
-Every exercise in notebooks 00-05 asks the learner to write one mechanism as a function, then calls
+Every exercise in the notebooks asks the learner to write one mechanism as a function, then calls
 
     fn = course.checked(my_fn, course.check_x, fallback=<minedit's own function>)
 
@@ -254,6 +254,33 @@ def check_deferral(fn: Callable) -> None:
                                f"expected {bool(want[bad[0]])}; distances {gate.distances(queries[bad[0]][None]).tolist()}")
     empty = fn(queries[:4], torch.zeros(0, 3, 2, dtype=torch.long), 4)
     assert bool(torch.as_tensor(empty).all()), "with no stored codes every input defers"
+
+
+# ------------------------------------------------------------------------------------------------ 06: LEMoE
+def check_kv_anchor(fn: Callable) -> None:
+    """``fn(v (B, d), keys (K, d), owner (K,), n_experts, k) -> gates (B, E)`` against ``KeyedRouter``'s weights."""
+    from .moe import KeyedRouter
+
+    g = torch.Generator().manual_seed(0)
+    for n_experts, per_expert, k in ((1, 1, 1), (4, 1, 1), (5, 3, 1), (6, 2, 2), (3, 4, 3)):
+        router = KeyedRouter(12, k=k)
+        router.grow(n_experts, g)
+        for e in torch.randperm(n_experts, generator=g).tolist():  # keys end up in no particular order
+            router.anchor(torch.tensor([e]), torch.randn(per_expert, 12, generator=g))
+        v = torch.cat([torch.randn(6, 12, generator=g), 3 * router.keys[:1]])  # the last query points at a key
+        got, want = fn(v, router.keys, router.owner, n_experts, k), router(v).weights
+        assert torch.is_tensor(got) and got.shape == want.shape, f"expected shape {tuple(want.shape)}, got {getattr(got, 'shape', got)}"
+        assert torch.allclose(got, want, atol=1e-5), (f"{n_experts} experts, {per_expert} keys each, top-{k}: "
+                                                      f"got {got[0].tolist()}, expected {want[0].tolist()}")
+
+
+def kv_anchor_gates(v: torch.Tensor, keys: torch.Tensor, owner: torch.Tensor, n_experts: int, k: int) -> torch.Tensor:
+    """LEMoE's gates (``KeyedRouter``, Eq. 3-4): each expert scores its best key ``k_j . v``, top-k softmax."""
+    from .moe.routers import KeyedScores, topk_routing
+
+    table = KeyedScores(keys.shape[1])
+    table.keys, table.owner, table.count = keys, owner, torch.tensor(n_experts)
+    return topk_routing(table.scores(v), k).weights
 
 
 # --------------------------------------------------------------------------------------------- 05: the VLM

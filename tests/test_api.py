@@ -12,7 +12,8 @@ import minedit
 from conftest import REPO
 
 API = ["load_model", "load_edits", "get_editor", "register_editor", "run_lifelong", "score_requests", "EditRequest",
-       "EditorConfig", "ElderConfig", "FTConfig", "GraceConfig", "LoRAEditorConfig", "RunConfig", "samples_dir"]
+       "EditorConfig", "ElderConfig", "FTConfig", "GraceConfig", "LoRAEditorConfig", "LemoeConfig", "RunConfig",
+       "samples_dir"]
 
 
 def test_import_minedit_loads_no_torch():

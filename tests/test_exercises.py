@@ -95,6 +95,13 @@ def _defer_mean(codes, memory, threshold):  # the mean distance instead of the n
     return (2 * (codes.shape[1] * codes.shape[2] - overlap)).float().mean(-1) > threshold
 
 
+def _kv_mean_of_keys(v, keys, owner, n_experts, k):  # averages an expert's keys instead of taking its best one
+    sums = torch.zeros(n_experts, keys.shape[1]).index_add(0, owner, keys)
+    means = sums / torch.bincount(owner, minlength=n_experts).clamp_min(1)[:, None]
+    top, idx = (v @ means.T).softmax(-1).topk(k, dim=-1)
+    return torch.zeros(len(v), n_experts).scatter(-1, idx, top / top.sum(-1, keepdim=True))
+
+
 WRONG = [
     ("check_token_accuracy", lambda pred, target: float((pred == torch.as_tensor(list(target))).sum())),
     ("check_exact_match", lambda gen, target: gen.lower().startswith(target.lower())),
@@ -105,6 +112,7 @@ WRONG = [
     ("check_topk", _topk_unnormalised),
     ("check_guided_loss", lambda probs, preset: -probs.gather(-1, preset).log().mean()),
     ("check_deferral", _defer_mean),
+    ("check_kv_anchor", _kv_mean_of_keys),
     ("check_image_tokens", lambda config: (config.image_size // config.patch_size) ** 2 + 1),
 ]
 

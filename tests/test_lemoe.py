@@ -67,6 +67,39 @@ def test_config_checks(tiny_llama):
         LemoeEditor(model, tok, LemoeConfig(layer=2, feature_layer=2))
     with pytest.raises(ConfigError, match="unknown gate"):
         LemoeEditor(model, tok, LemoeConfig(layer=2, gate="magic"))
+    with pytest.raises(ConfigError, match="outside"):
+        LemoeEditor(model, tok, LemoeConfig(layer=9))
+    with pytest.raises(ConfigError, match="query_hidden"):
+        LemoeEditor(model, tok, LemoeConfig(layer=2, train_query=True))
+
+
+def test_training_the_query_projection_moves_earlier_routing(fresh_tiny_llama, tmp_path):
+    """train_query: the shared W_up SiLU(W_down e) trains with each batch; ``moved_earlier`` is the share of
+    earlier edits whose expert it changed, recomputed here from the saved route features."""
+    model, tok = fresh_tiny_llama
+    editor = LemoeEditor(model, tok, LemoeConfig(**TINY, query_hidden=16, train_query=True))
+    try:
+        first = editor.edit_batch(BATCH_A)
+        assert "moved_earlier" in first[0] and first[0]["moved_earlier"] == 0.0  # nothing earlier to move
+        mix = editor.mixture
+        with torch.no_grad():
+            before = mix.route(editor.seen)[0].chosen[:, 0].clone()
+        W = [p.clone() for p in mix.routers[0].query.parameters()]
+        second = editor.edit_batch(BATCH_B)
+        assert any(not torch.equal(a, b) for a, b in zip(W, mix.routers[0].query.parameters()))  # the query trained
+        with torch.no_grad():
+            after = mix.route(editor.seen[: len(before)])[0].chosen[:, 0]
+        assert second[0]["moved_earlier"] == pytest.approx(float((after != before).float().mean()))
+        assert len(editor.seen) == 4
+        seen = editor.seen.clone()
+        editor.save(tmp_path / "q")
+    finally:
+        editor.restore()
+    loaded = load_editor(tmp_path / "q", model, tok)
+    try:
+        assert torch.equal(loaded.seen, seen)
+    finally:
+        loaded.restore()
 
 
 def test_planning_groups_clusters_into_equal_batches():

@@ -90,19 +90,21 @@ for name in ("ft", "lora"):
 #
 # ## 2. A sequence of edits
 # Now 20 ZsRE-format edits, one after another, never rolled back. One run gives both protocols: the
-# *immediate* score of each edit right after it, and at checkpoints T = 5, 10, 20 the *retention* score of all
-# edits so far on the current model. The unedited model (`none`) is the reference row.
+# *immediate* score of each edit right after it, and at checkpoints T = 5 and 20 the *retention* score of all
+# edits so far on the current model. The unedited model is the reference row.
 
 # %%
-T = 20
+T, CHECKPOINTS = 20, (1, 5, 20)
 METRICS = ["rel", "gen", "loc", "rel_em", "gen_em"]
-unedited = run_lifelong(make_editor("none", model, tokenizer), edits[:T], RunConfig(progress=False, latency_repeats=1)).metrics
+QUIET = dict(progress=False, latency_prompts=1, latency_repeats=1)  # no progress bar; latency is not studied here
+unedited_argmax = metrics.reference_predictions(model, tokenizer, edits[:T])  # its argmax on each locality question
+unedited = metrics.summarize(metrics.score_requests(model, tokenizer, edits[:T], unedited_argmax))
 curves, finals = [], [{"editor": "none (unedited)", "protocol": "-", **{m: unedited[m] for m in METRICS}}]
 for name in ("ft", "lora"):
     editor = make_editor(name, model, tokenizer)
-    run = run_lifelong(editor, edits[:T], RunConfig(protocol="immediate", checkpoints=(1, 5, 10, 20), progress=False, latency_repeats=1))
+    run = run_lifelong(editor, edits[:T], RunConfig(protocol="immediate", checkpoints=CHECKPOINTS, **QUIET))
     rows = pd.DataFrame(run.rows)
-    for t in (1, 5, 10, 20):
+    for t in CHECKPOINTS:
         imm = rows[rows["index"] < t][METRICS].mean()
         curves += [{"editor": name, "T": t, "protocol": "immediate", "metric": m, "score": imm[m]} for m in ("rel", "gen", "loc")]
     for point in run.curve:
@@ -151,7 +153,7 @@ pd.DataFrame({"edit prompt": [r.prompt for r in edits[:5]], "edit target": [r.ta
 
 # %%
 # NBVAL_CHECK_OUTPUT
-reference = infer.predict_tokens(model, loc_pairs, infer.pad_id(tokenizer))  # the unedited model, restored
+reference = [group[0] for group in unedited_argmax]  # the unedited model's argmax, from section 2
 show = lambda pred: "|".join(tokenizer.convert_ids_to_tokens(pred.tolist()))
 changed = [i for i, (a, b) in enumerate(zip(reference, locality_ft)) if not torch.equal(a, b)]
 print(f"{len(changed)} of {T} locality questions have a changed argmax after 20 FT edits")
