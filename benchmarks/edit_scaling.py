@@ -100,9 +100,9 @@ def main(argv=None) -> int:
     print(header)
     for r in rows:
         if "skipped" in r:
-            print(f"{r['editor']:<8}{r['T']:>6}{r.get('batch', 1):>6}  skipped: {r['skipped']}")
+            print(f"{r['editor']:<8}{r['T']:>6}{r['batch']:>6}  skipped: {r['skipped']}")
         else:
-            print(f"{r['editor']:<8}{r['T']:>6}{r.get('batch', 1):>6}{r['seconds_per_edit']:>9.3f}{r['inference_overhead']:>10.3f}"
+            print(f"{r['editor']:<8}{r['T']:>6}{r['batch']:>6}{r['seconds_per_edit']:>9.3f}{r['inference_overhead']:>10.3f}"
                   f"{r['state_bytes_per_edit'] / 1024:>9.1f}{r['peak_rss_mb']:>8.0f}" + "".join(f"{r[m]:>7.3f}" for m in metrics))
     return 0
 

@@ -44,6 +44,7 @@ import torch
 
 from ..arch import layer_module_name, num_layers
 from ..errors import ConfigError
+from ..infer import input_device
 from ..moe import FEATURES, GATES, ExpertSpec, KeyedRouter, Mixture, OnePerBatch
 from ..training import UpperStack, make_edit_batch, optimize, trainable
 from .base import Editor, EditorConfig
@@ -145,7 +146,8 @@ class LemoeEditor(Editor):
         self.policy.commit(mix, allocation)
         if before is not None:  # what training the shared query did to earlier batches' routing
             stats["moved_earlier"] = float((self._earlier_routes(mix) != before).float().mean()) if len(before) else 0.0
-            self.seen = torch.cat([self.seen, features["route"].detach().cpu()])
+            new_features = features["route"].detach().cpu()
+            self.seen = torch.cat([self.seen, new_features]) if len(self.seen) else new_features
         with torch.no_grad():
             routed = mix.route(features)[0].weights.argmax(-1)  # (B,) each edit's top expert at inference
         for row in range(len(requests)):
@@ -157,13 +159,12 @@ class LemoeEditor(Editor):
 
     @torch.no_grad()
     def _earlier_routes(self, mix: Mixture) -> torch.Tensor | None:
-        """(N,) the top expert each earlier edit routes to now (train_query only; None otherwise or before any edit)."""
+        """(N,) the top expert each earlier edit routes to now (train_query only; None otherwise)."""
         if not self.config.train_query:
             return None
         if len(self.seen) == 0:
-            self.seen = torch.zeros(0, self.routing_feature().dim(self.model))
             return torch.zeros(0, dtype=torch.long)
-        return mix.route(self.seen.to(self.model.get_input_embeddings().weight.device))[0].weights.argmax(-1).cpu()
+        return mix.route(self.seen.to(input_device(self.model)))[0].weights.argmax(-1).cpu()
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         if self.mixture is None:
