@@ -32,6 +32,10 @@ class ArchSpec:
     mlp_out: str  # MLP output projection (d_ff -> d); the "value" matrix editors touch
     attn: str  # attention block inside a decoder block
     conv1d: bool = False  # GPT-2 stores Linear weights transposed (transformers' Conv1D)
+    # the MLP's output is added to the residual stream as is (no norm after it; parallel blocks too), so a
+    # layer's output minus its MLP's output does not depend on the MLP (UpperStack(from_mlp=True) relies on it);
+    # False for post-norm blocks such as Gemma 2's
+    mlp_residual: bool = True
 
 
 _LLAMA_LIKE = ArchSpec(

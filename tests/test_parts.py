@@ -13,7 +13,7 @@ from minedit.moe import (FEATURES, ROUTERS, DenseRouter, ExpertLayer, ExpertSpec
 from minedit.moe.layer import RoutingState
 from minedit.patch import Patcher
 from minedit.sequence import tracker_for
-from minedit.training import UpperStack, make_edit_batch
+from minedit.training import FrozenHead, UpperStack, make_edit_batch
 
 GEN = lambda seed=0: torch.Generator().manual_seed(seed)  # noqa: E731
 
@@ -70,6 +70,62 @@ def test_upper_stack_matches_a_full_forward(tiny_llama):
         full = model(**batch.model_inputs()).logits
         for first in (0, 2, 3):
             assert torch.allclose(UpperStack(model, first, batch).logits(), full, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "gpt_neox", "gptj"])
+def test_upper_stack_from_a_layer_or_its_mlp_matches_a_full_forward(kind, make_tiny, smol_tokenizer):
+    """Right-padded rows: a mask that is dropped (GPT-2 passes it positionally) shows in the logits."""
+    model, tok = make_tiny(kind, vocab_size=len(smol_tokenizer)), smol_tokenizer
+    batch = make_edit_batch(tok, ["What is the capital of Peru?", "Who wrote it?"], ["Oslo", "Jane Austen"])
+    with torch.no_grad():
+        full = model(**batch.model_inputs()).logits
+        for first in (0, 2, 3):
+            for from_mlp in (False, True):
+                stack = UpperStack(model, first, batch, from_mlp=from_mlp)
+                assert torch.allclose(stack.logits(), full, atol=1e-5), (first, from_mlp)
+
+
+def test_upper_stack_from_the_mlp_gives_the_same_loss_and_gradients_with_experts_routed(fresh_tiny_llama):
+    """LEMoE's training path: a bypass on the last layer's MLP, trained from the cached MLP input."""
+    model, tok = fresh_tiny_llama
+    batch = make_edit_batch(tok, ["What is the capital of Peru?", "Who wrote it?"], ["Oslo", "Jane Austen"])
+    patches, mix = _pool(model)
+    try:
+        expert = mix.wrappers[1].experts[2]  # the FFN expert beside layer 3's whole MLP
+        results = []
+        for from_mlp in (False, True):
+            with mix.tracker.teacher_forcing(batch.key_positions):
+                stack = UpperStack(model, 3, batch, from_mlp=from_mlp)  # layer 3 is routed while caching too
+                expert.requires_grad_(True)
+                mix.state.weights = {0: torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.2, 0.8]]),
+                                     1: torch.tensor([[0.3, 0.0, 0.7], [0.0, 0.0, 1.0]])}
+                loss, _ = stack.target_loss(batch.labels)
+                mix.state.clear()
+            results.append((loss, torch.autograd.grad(loss, list(expert.parameters()))))
+            expert.requires_grad_(False)
+        (loss_a, grads_a), (loss_b, grads_b) = results
+        assert torch.allclose(loss_a, loss_b, atol=1e-6) and loss_a > 0
+        assert all(torch.allclose(a, b, atol=1e-6) and a.abs().sum() > 0 for a, b in zip(grads_a, grads_b))
+    finally:
+        patches.undo()
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_frozen_head_matches_the_linear_and_its_input_gradient(bias):
+    head = torch.nn.Linear(12, 50, bias=bias).requires_grad_(False)
+    x = torch.randn(7, 12, generator=GEN(3), requires_grad=True)
+    fast = FrozenHead(head)
+    assert fast.fast
+    out_a, out_b = fast(x), head(x)
+    assert torch.allclose(out_a, out_b, atol=1e-6)
+    g = torch.randn(7, 50, generator=GEN(4))
+    (grad_a,), (grad_b,) = torch.autograd.grad(out_a, x, g), torch.autograd.grad(out_b, x, g)
+    assert torch.allclose(grad_a, grad_b, atol=1e-6)
+    with torch.no_grad():
+        head.weight.mul_(2.0)  # changed in place: the transposed copy is made again
+        assert torch.allclose(fast(x), head(x), atol=1e-6)
+    head.weight.requires_grad_(True)  # a head being trained takes the plain path
+    assert not FrozenHead(head).fast
 
 
 def _pool(model, seed=0):

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from ..data import EditRequest
 from ..patch import Patcher
+from ..training import FrozenHead
 
 STATE_FILE, META_FILE = "state.safetensors", "editor.json"
 
@@ -49,6 +50,7 @@ class Editor:
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self.n_edits = 0
         self.patches = Patcher(model)  # every module swap, parameter change and hook: restore() undoes them
+        self._head: FrozenHead | None = None  # see frozen_head()
 
     # --- editing -------------------------------------------------------------------------------
     def edit(self, request: EditRequest) -> dict[str, Any]:
@@ -66,6 +68,12 @@ class Editor:
     def _edit_one(self, request: EditRequest) -> dict[str, Any]:
         raise NotImplementedError
 
+    def frozen_head(self) -> FrozenHead:
+        """The model's LM head for training steps, made once per editor (a transposed copy: :class:`FrozenHead`)."""
+        if self._head is None:
+            self._head = FrozenHead(self.model.get_output_embeddings())
+        return self._head
+
     def _generator(self) -> torch.Generator:
         """A generator seeded by (config.seed, number of edits so far): each edit is reproducible."""
         return torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.n_edits)
@@ -82,7 +90,7 @@ class Editor:
     def restore(self) -> None:
         """Undo every edit in one call: hooks removed, original modules back, original values copied back."""
         self.patches.undo()
-        self.n_edits = 0
+        self.n_edits, self._head = 0, None
         self._reset()
 
     def _reset(self) -> None:

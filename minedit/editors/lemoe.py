@@ -131,7 +131,7 @@ class LemoeEditor(Editor):
         batch = make_edit_batch(self.tokenizer, [r.prompt for r in requests], [r.target for r in requests],
                                 [r.image for r in requests])
         with mix.tracker.teacher_forcing(batch.key_positions), mix.capture() as features:
-            stack = UpperStack(self.model, self.layer, batch)
+            stack = UpperStack(self.model, self.layer, batch, from_mlp=True, head=self.frozen_head())
         allocation = self.policy.allocate(mix, features["route"], self._generator())
         expert = allocation.trainable[0]
         params = list(expert.parameters()) + (list(mix.routers.parameters()) if c.train_query else [])

@@ -54,8 +54,9 @@ class ExpertLayer(nn.Module):
         self.experts.append(expert.to(p.device, p.dtype))
         return len(self.experts) - 1
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base_layer(x)  # (B, L, d_out)
+    def forward(self, x: torch.Tensor, base_out: torch.Tensor | None = None) -> torch.Tensor:
+        """``base_out``: ``base_layer(x)`` when the caller already has it (training re-uses it every step)."""
+        out = self.base_layer(x) if base_out is None else base_out  # (B, L, d_out)
         g = self.state.weights.get(self.index)  # (B, E) or None
         if g is None:
             return out
