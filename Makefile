@@ -20,9 +20,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
-# Convert the embedded SmolLM2 into the model cache once, before parallel workers need it.
+# Convert the embedded SmolLM2 into the model cache once, before parallel workers need it; render the VLM
+# benchmark's evaluation images from its committed records (seconds; they are not in git).
 prepare: setup
 	$(PY) -m minedit prepare
+	$(PY) data_samples/generate_vlm_bench.py --images-only
 
 # 30 sequential edits on SmolLM2 (the unedited baseline, GRACE, ELDER), then 20 image edits on tiny-llava (GRACE).
 demo: prepare

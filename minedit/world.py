@@ -11,6 +11,13 @@ measure ``tiny-llava``'s accuracy, and the "rephrased image" of a multimodal edi
 
 Questions come in several phrasings per kind (:data:`QUESTIONS`); every answer is one word, and one
 token for SmolLM2's tokenizer (" yellow", " triangle", " seven", ...), so exact match is clean.
+
+The *larger world* adds six colours (:data:`MORE_COLOURS`) and a size ("small" or "large", with its own
+question kind) for the lifelong editing benchmark (``data_samples/generate_vlm_bench.py``):
+``all_scenes(ALL_COLOURS, ALL_SIZES)`` lists its 1,368 scenes (5,232 scene-question pairs). tiny-llava was
+trained on the original world only, which is left exactly as it was: a scene with ``size=None`` draws the
+same pixels as before, and :data:`COLOURS`, :data:`ANSWERS`, :func:`sample_scene`, :func:`all_scenes`
+(with its defaults) and :func:`examples` give what they always gave.
 """
 from __future__ import annotations
 
@@ -36,6 +43,21 @@ DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight"
 ANSWERS: dict[str, tuple[str, ...]] = {"colour": tuple(COLOURS), "shape": SHAPES, "count": COUNTS,
                                        "position": POSITIONS, "digit": DIGITS}
 
+# The larger world: hues far from the six above and from the pale background (each channel of their
+# fill is shaded by up to +-10, not +-25, so gray and black stay neutral), and two sizes on either
+# side of the original world's (None).
+MORE_COLOURS: dict[str, tuple[int, int, int]] = {
+    "pink": (245, 120, 190), "brown": (125, 75, 30), "black": (30, 30, 30),
+    "gray": (130, 130, 130), "cyan": (30, 195, 205), "lime": (150, 225, 40),
+}
+ALL_COLOURS = {**COLOURS, **MORE_COLOURS}
+SIZES = ("small", "large")
+ALL_SIZES = (None, *SIZES)
+ALL_ANSWERS: dict[str, tuple[str, ...]] = {**ANSWERS, "colour": tuple(ALL_COLOURS), "size": SIZES}
+# Side of a shape in pixels, (one shape, several shapes), and height of a digit as a fraction of the image.
+SHAPE_SIDES = {None: ((14, 20), (10, 13)), "small": ((7, 9), (6, 8)), "large": ((25, 29), (16, 19))}
+DIGIT_HEIGHTS = {None: (0.45, 0.7), "small": (0.25, 0.32), "large": (0.8, 0.92)}
+
 # Seven-segment layout: which of the segments a (top), b (top right), c (bottom right), d (bottom),
 # e (bottom left), f (top left), g (middle) each digit lights.
 SEGMENTS = ("abcdef", "bc", "abdeg", "abcdg", "bcfg", "acdfg", "acdefg", "abc", "abcdefg", "abcdfg")
@@ -46,6 +68,7 @@ QUESTIONS: dict[str, tuple[str, ...]] = {
     "count": ("How many shapes are there?", "What is the number of shapes in the image?", "Count the shapes. How many?"),
     "position": ("Where is the shape?", "In which part of the image is the shape?", "On which side of the picture is the shape?"),
     "digit": ("What digit is shown?", "Which number is written in the image?", "What number do you see?"),
+    "size": ("What size is the object?", "How big is the thing in the picture?", "Is the object small or large?"),
 }
 
 
@@ -59,12 +82,14 @@ class Scene:
     count: int = 1
     position: str | None = None  # only for a single shape
     digit: int | None = None
+    size: str | None = None  # "small" or "large" (the larger world); None: the original world's sizes
 
     @property
     def question_kinds(self) -> tuple[str, ...]:
+        sized = ("size",) if self.size else ()
         if self.kind == "digit":
-            return ("digit", "colour")
-        return ("colour", "shape", "count") + (("position",) if self.count == 1 else ())
+            return ("digit", "colour") + sized
+        return ("colour", "shape", "count") + (("position",) if self.count == 1 else ()) + sized
 
     def answer(self, question_kind: str) -> str:
         """The one-word answer to a question of ``question_kind`` about this scene."""
@@ -73,15 +98,17 @@ class Scene:
         return {
             "colour": self.colour, "shape": self.shape, "count": COUNTS[self.count - 1],
             "position": self.position, "digit": DIGITS[self.digit] if self.digit is not None else None,
+            "size": self.size,
         }[question_kind]
 
     def caption(self) -> str:
-        """A short description in words, e.g. ``"two yellow circles"`` or ``"the digit seven in red"``."""
+        """A short description in words, e.g. ``"two yellow circles"`` or ``"the small digit seven in red"``."""
+        size = f"{self.size} " if self.size else ""
         if self.kind == "digit":
-            return f"the digit {DIGITS[self.digit]} in {self.colour}"
+            return f"the {size}digit {DIGITS[self.digit]} in {self.colour}"
         noun = self.shape + ("s" if self.count > 1 else "")
         where = f" at the {self.position}" if self.position else ""
-        return f"{COUNTS[self.count - 1]} {self.colour} {noun}{where}"
+        return f"{COUNTS[self.count - 1]} {size}{self.colour} {noun}{where}"
 
 
 def sample_scene(rng: random.Random) -> Scene:
@@ -94,20 +121,21 @@ def sample_scene(rng: random.Random) -> Scene:
     return Scene("shapes", colour, shape=rng.choice(SHAPES), count=count, position=position)
 
 
-def all_scenes() -> Iterator[Scene]:
-    """Every distinct scene of the world (a few hundred)."""
-    for colour in COLOURS:
-        for digit in range(10):
-            yield Scene("digit", colour, digit=digit)
-        for shape in SHAPES:
-            for position in POSITIONS:
-                yield Scene("shapes", colour, shape=shape, count=1, position=position)
-            for count in range(2, 5):
-                yield Scene("shapes", colour, shape=shape, count=count)
+def all_scenes(colours=COLOURS, sizes=(None,)) -> Iterator[Scene]:
+    """Every distinct scene of the world (228); ``all_scenes(ALL_COLOURS, ALL_SIZES)``: of the larger one."""
+    for colour in colours:
+        for size in sizes:
+            for digit in range(10):
+                yield Scene("digit", colour, digit=digit, size=size)
+            for shape in SHAPES:
+                for position in POSITIONS:
+                    yield Scene("shapes", colour, shape=shape, count=1, position=position, size=size)
+                for count in range(2, 5):
+                    yield Scene("shapes", colour, shape=shape, count=count, size=size)
 
 
-def _shade(rgb: tuple[int, int, int], rng: np.random.Generator) -> tuple[int, int, int]:
-    return tuple(int(v) for v in np.clip(np.array(rgb) + rng.integers(-25, 26, size=3), 0, 255))
+def _shade(rgb: tuple[int, int, int], rng: np.random.Generator, jitter: int = 25) -> tuple[int, int, int]:
+    return tuple(int(v) for v in np.clip(np.array(rgb) + rng.integers(-jitter, jitter + 1, size=3), 0, 255))
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, x: float, y: float, s: float, fill) -> None:
@@ -126,17 +154,19 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, x: float, y: float, s: fl
 
 def _place(rng: np.random.Generator, scene: Scene, size: int) -> list[tuple[float, float, float]]:
     """Non-overlapping boxes (x, y, side) for the scene's shapes."""
+    (lo, hi), (lo_many, hi_many) = SHAPE_SIDES[scene.size]
     if scene.count == 1:
-        s = float(rng.uniform(14, 20))
-        along, across = rng.uniform(0.3 * size, 0.7 * size), rng.uniform(0.08 * size, 0.22 * size)
+        s = float(rng.uniform(lo, hi))
+        spread = 0.2 if scene.size is None else 0.1  # sized shapes stay nearer the middle of their side
+        along, across = rng.uniform((0.5 - spread) * size, (0.5 + spread) * size), rng.uniform(0.08 * size, 0.22 * size)
         centre = {"left": (across, along), "right": (size - across, along),
                   "top": (along, across), "bottom": (along, size - across)}[scene.position or "left"]
         x, y = (float(np.clip(c - s / 2, 1, size - s - 1)) for c in centre)
         return [(x, y, s)]
-    for _ in range(200):  # rejection sampling; four 10-13 px shapes always fit in 64 px
+    for _ in range(5000):  # rejection sampling: four 10-13 px shapes fit in a few tries, four 16-19 px in ~60
         boxes: list[tuple[float, float, float]] = []
         for _ in range(scene.count):
-            s = float(rng.uniform(10, 13))
+            s = float(rng.uniform(lo_many, hi_many))
             x, y = rng.uniform(1, size - s - 1, size=2)
             if all(abs(x - bx) > (s + bs) / 2 + 2 or abs(y - by) > (s + bs) / 2 + 2 for bx, by, bs in boxes):
                 boxes.append((float(x), float(y), s))
@@ -145,9 +175,10 @@ def _place(rng: np.random.Generator, scene: Scene, size: int) -> list[tuple[floa
     raise RuntimeError(f"could not place {scene}")  # pragma: no cover
 
 
-def _draw_digit(draw: ImageDraw.ImageDraw, digit: int, rng: np.random.Generator, size: int, fill) -> None:
-    h = float(rng.uniform(0.45, 0.7) * size)
-    w, t = 0.55 * h, float(rng.uniform(3, 5))
+def _draw_digit(draw: ImageDraw.ImageDraw, digit: int, rng: np.random.Generator, size: int, fill,
+                scale: str | None = None) -> None:
+    h = float(rng.uniform(*DIGIT_HEIGHTS[scale]) * size)
+    w, t = 0.55 * h, float(rng.uniform(2, 3) if scale == "small" else rng.uniform(3, 5))
     x0, y0 = rng.uniform(2, size - w - 2), rng.uniform(2, size - h - 2)
     mid = y0 + h / 2
     bars = {  # (x0, y0, x1, y1) of each segment
@@ -166,9 +197,9 @@ def render(scene: Scene, seed: int, size: int = IMAGE_SIZE) -> Image.Image:
     pixels = np.broadcast_to(background, (size, size, 3)).astype(np.uint8)
     image = Image.fromarray(np.ascontiguousarray(pixels))
     draw = ImageDraw.Draw(image)
-    fill = _shade(COLOURS[scene.colour], rng)
+    fill = _shade(ALL_COLOURS[scene.colour], rng, 25 if scene.colour in COLOURS else 10)  # gray stays gray
     if scene.kind == "digit":
-        _draw_digit(draw, scene.digit, rng, size, fill)
+        _draw_digit(draw, scene.digit, rng, size, fill, scene.size)
     else:
         for x, y, s in _place(rng, scene, size):
             _draw_shape(draw, scene.shape, x, y, s, fill)

@@ -31,6 +31,12 @@ print(json.dumps({"minedit": minedit.__file__, "samples": str(samples), "artifac
 """
 
 
+def _skip(folder: str, names: list[str]) -> list[str]:
+    """What the copy leaves out: caches, and the VLM benchmark's rendered images (not packaged: made from its records)."""
+    return [n for n in names if n == "__pycache__" or n.endswith(".pyc")
+            or (n == "images" and os.path.basename(folder) == "vlm_bench")]
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     base = tmp_path_factory.mktemp("pkg")
@@ -39,7 +45,7 @@ def installed(tmp_path_factory):
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
     for name in ("minedit", "data_samples"):  # a copy: the build writes build/ and *.egg-info beside the sources
-        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(REPO / name, src / name, ignore=_skip)
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
                            "--no-build-isolation", "--no-index", "--target", str(target), "."],
                           cwd=src, capture_output=True, text=True, timeout=240)
@@ -65,6 +71,7 @@ def test_installed_package_finds_its_samples(installed, tmp_path):
     images = list((installed / "minedit" / "data_samples" / "mmedit_world" / "images").glob("*.png"))
     assert len(images) == len(list((REPO / "data_samples" / "mmedit_world" / "images").glob("*.png"))) > 0
     assert found["default_data"] == f"zsre:{installed / 'minedit' / 'data_samples' / 'zsre_sample.json'}"
+    assert (installed / "minedit" / "data_samples" / "vlm_bench" / "eval.json").stat().st_size > 100_000
     assert found["vlm_data"].startswith(f"mmedit:{installed}")
 
 

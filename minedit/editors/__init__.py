@@ -9,6 +9,7 @@ from .elder import ElderConfig, ElderEditor
 from .ft import FTConfig, FTEditor
 from .grace import GraceConfig, GraceEditor
 from .lemoe import LemoeConfig, LemoeEditor
+from .liveedit import LiveEditConfig, LiveEditEditor
 from .lora import LoRAEditor, LoRAEditorConfig
 from .none import NoneEditor
 
@@ -19,6 +20,7 @@ EDITORS: dict[str, type[Editor]] = {
     FTEditor.name: FTEditor,
     LoRAEditor.name: LoRAEditor,
     LemoeEditor.name: LemoeEditor,
+    LiveEditEditor.name: LiveEditEditor,
 }
 
 
@@ -54,5 +56,5 @@ def load_editor(directory: "str | os.PathLike", model, tokenizer) -> Editor:
 
 
 __all__ = ["EDITORS", "Editor", "EditorConfig", "ElderConfig", "ElderEditor", "FTConfig", "FTEditor", "GraceConfig",
-           "GraceEditor", "LemoeConfig", "LemoeEditor", "LoRAEditor", "LoRAEditorConfig", "NoneEditor", "UnknownEditorError", "config_from_dict",
+           "GraceEditor", "LemoeConfig", "LemoeEditor", "LiveEditConfig", "LiveEditEditor", "LoRAEditor", "LoRAEditorConfig", "NoneEditor", "UnknownEditorError", "config_from_dict",
            "get_editor", "load_editor", "make_editor", "register_editor"]

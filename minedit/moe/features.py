@@ -22,6 +22,9 @@ forward arguments), so none is ever stale (a batch without images gets no old im
   scaled by ``last_weight``): *what* the prompt is about and *how* it asks (notebook 04 measures why).
 - ``vision`` :class:`VisionFeature`: the mean of an image's tokens as the language model receives
   them (LLaVA's projector output); zeros for a sequence without an image.
+- ``image+text`` :class:`ImageTextHidden`: decoder layer ``layer``'s output averaged over the image's
+  tokens and, apart, over the text's: LiveEdit's two routing signals read at one layer (the image
+  half is zero without an image).
 """
 from __future__ import annotations
 
@@ -134,14 +137,18 @@ class MeanPooledHidden(SequenceFeature):
     def pool(self, h: torch.Tensor) -> torch.Tensor:
         return self.mean(h)
 
-    def mean(self, h: torch.Tensor) -> torch.Tensor:
+    def prompt_positions(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, L) bool: attended positions up to each row's query position."""
         B, L = h.shape[:2]
         keep = torch.ones(B, L, dtype=torch.bool, device=h.device)
         if self._mask is not None and self._mask.dim() == 2 and self._mask.shape == (B, L):
             keep &= self._mask.to(h.device).bool()
-        keep &= torch.arange(L, device=h.device)[None] <= self.query_index(h)[:, None]
-        w = keep.unsqueeze(-1).to(h.dtype)  # (B, L, 1)
-        return (h * w).sum(1) / w.sum(1).clamp_min(1.0)  # (B, d)
+        return keep & (torch.arange(L, device=h.device)[None] <= self.query_index(h)[:, None])
+
+    def mean(self, h: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, d) average over ``where`` (default: the prompt); zeros for a row where nothing is selected."""
+        w = (self.prompt_positions(h) if where is None else where).unsqueeze(-1).to(h.dtype)  # (B, L, 1)
+        return (h * w).sum(1) / w.sum(1).clamp_min(1.0)
 
 
 @FEATURES.register("mean+last")
@@ -209,6 +216,35 @@ class VisionFeature(SequenceFeature):
         self.value = value.index_copy(0, rows, images)
         self._callback(self.value)
         return None
+
+
+@FEATURES.register("image+text")
+class ImageTextHidden(MeanPooledHidden):
+    """``[mean over image tokens, mean over text tokens]`` of decoder layer ``layer``'s output, (B, 2d).
+
+    LiveEdit (Chen et al. 2024, Sec. 3.3) routes in two stages on features of one layer's hidden states:
+    the image part for the visual hard filter, the text part for the soft routing. Image positions are
+    those holding the model's image token (LLaVA expands it to one per patch); text positions are the
+    other attended prompt positions. A row without an image gets zeros in its first half.
+    """
+
+    def dim(self, model: nn.Module) -> int:
+        return 2 * super().dim(model)
+
+    def attach(self, model: nn.Module, tracker: SequenceTracker, callback: Callback) -> list:
+        self._image_token = getattr(model.config, "image_token_id", None)  # None: a text-only model
+        return super().attach(model, tracker, callback)
+
+    def begin(self, kwargs: dict) -> None:
+        super().begin(kwargs)
+        ids = kwargs.get("input_ids")
+        self._image = None if ids is None or self._image_token is None else ids == self._image_token  # (B, L)
+
+    def pool(self, h: torch.Tensor) -> torch.Tensor:
+        prompt = self.prompt_positions(h)  # (B, L)
+        image = prompt & (self._image.to(h.device) if self._image is not None and self._image.shape == prompt.shape
+                          else torch.zeros_like(prompt))
+        return torch.cat([self.mean(h, image), self.mean(h, prompt & ~image)], dim=-1)  # (B, 2d)
 
 
 def sequence_features(model: nn.Module, batch: dict, feature: SequenceFeature) -> torch.Tensor:
