@@ -103,8 +103,8 @@ def artifact(tmp_path_factory):
     recipe = Recipe(width=32, heads=2, route_width=16)
     folder = tmp_path_factory.mktemp("liveedit")
     generator = ExpertGenerator(576, recipe.rank, recipe.width, recipe.heads, generator=GEN(0))
-    with torch.no_grad():
-        generator.out_v.weight.mul_(300.0)  # large enough to change the logits visibly
+    with torch.no_grad():  # a trained generator's V is not zero: large enough to change the logits visibly
+        generator.out_v.weight.copy_(torch.randn(generator.out_v.weight.shape, generator=GEN(2)) * 0.5)
     router = VisualFilterRouter(2 * 576, recipe.route_width, generator=GEN(1))
     from dataclasses import asdict
 

@@ -5,12 +5,11 @@ through the frozen model once; its hidden states at the input of the edited deco
 (L, d), are read by ``2r`` learned queries with cross-attention, and each query's output becomes one
 row of the expert's factors,
 
-    A = softmax(Q (W_k LN(H + seg))^T / sqrt(w_h)) (W_v LN(H + seg))      # (2r, w), per head
-    A = A + MLP(LN(A)),   U = A[:r] W_U,   V = sigma A[r:] W_V             # (r, d) each
+    A = softmax(Q (W_k (LN(H) + seg))^T / sqrt(w_h)) (W_v (LN(H) + seg))  # (2r, w), per head
+    A = A + MLP(LN(A)),   U = A[:r] W_U,   V = A[r:] W_V                   # (r, d) each
 
 where ``seg`` embeds which part of the edit a position belongs to (image, question, answer), so the
-queries can look for "the answer" or "the image" by role, and ``sigma`` is a constant (the RMS of the
-layer's output, set by the build) that puts ``V`` in the residual stream's units. The expert is then
+queries can look for "the answer" or "the image" by role. The expert is then
 :class:`~minedit.moe.experts.FactorExpert`: ``delta(h) = ReLU(LN(h) U^T) V``, added (weighted by the
 router) to the layer's output from the last prompt token on. The generator is trained offline
 (:mod:`minedit.zoo.build_liveedit`) and never changes while editing.
@@ -44,24 +43,26 @@ class ExpertGenerator(nn.Module):
                 layer.bias.zero_()
             return layer
 
-        self.segment = nn.Embedding(4, d)  # PAD, IMAGE, QUESTION, ANSWER
+        self.segment = nn.Embedding(4, d)  # PAD, IMAGE, QUESTION, ANSWER: added after the norm, at its scale
         with torch.no_grad():
-            self.segment.weight.copy_(torch.randn(4, d, generator=generator) * 0.02)
+            self.segment.weight.copy_(torch.randn(4, d, generator=generator))
         self.norm = nn.LayerNorm(d)
         self.queries = nn.Parameter(torch.randn(2 * rank, width, generator=generator) * 0.02)  # (2r, w)
         self.key, self.value = linear(d, width, d ** -0.5), linear(d, width, d ** -0.5)
         self.mlp_norm = nn.LayerNorm(width)
         self.mlp = nn.Sequential(linear(width, 2 * width, width ** -0.5), nn.GELU(), linear(2 * width, width, 0.0))
-        self.out_u = linear(width, d, width ** -0.5)  # rows of U: which inputs the expert fires on
-        self.out_v = linear(width, d, 0.01 * width ** -0.5)  # rows of V: what it adds (starts small)
-        # V's unit: the build sets it to the RMS of the layer's output, so the generator learns V in units of
-        # the residual stream (late layers run at norms in the tens) and a step of Adam means the same everywhere
-        self.register_buffer("v_scale", torch.tensor(1.0))
+        # rows of U: which inputs the expert fires on; LN(h) has norm sqrt(d), so rows of norm ~1 start the ReLU's
+        # inputs near 1 (larger ones made Adam's first steps overshoot and the locality loss silence every unit)
+        self.out_u = linear(width, d, (width * d) ** -0.5)
+        # rows of V: what it adds; zero at first (as LoRA's B), so a new generator's experts change nothing and the
+        # locality loss cannot start by silencing them (a ReLU pushed below zero everywhere never comes back)
+        self.out_v = linear(width, d, 0.0)
 
     def forward(self, hidden: torch.Tensor, segments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, L, _ = hidden.shape
         h, wh = self.heads, self.width // self.heads
-        x = self.norm(hidden.float() + self.segment(segments))  # (B, L, d)
+        x = self.norm(hidden.float()) + self.segment(segments)  # (B, L, d): a late layer's states run at norms
+        # in the tens (a few dimensions in the hundreds), so the role is added once they are normalised
         k = self.key(x).view(B, L, h, wh).transpose(1, 2)  # (B, h, L, wh)
         v = self.value(x).view(B, L, h, wh).transpose(1, 2)  # (B, h, L, wh)
         q = self.queries.view(2 * self.rank, h, wh).transpose(0, 1)  # (h, 2r, wh)
@@ -69,7 +70,7 @@ class ExpertGenerator(nn.Module):
         scores = scores.masked_fill((segments == PAD)[:, None, None, :], float("-inf"))
         a = (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, 2 * self.rank, self.width)  # (B, 2r, w)
         a = a + self.mlp(self.mlp_norm(a))
-        return self.out_u(a[:, : self.rank]), self.v_scale * self.out_v(a[:, self.rank:])  # (B, r, d) each
+        return self.out_u(a[:, : self.rank]), self.out_v(a[:, self.rank:])  # (B, r, d) each
 
     def extra_repr(self) -> str:
         return f"d={self.d}, rank={self.rank}, width={self.width}, heads={self.heads}"

@@ -267,7 +267,6 @@ def build(out: Path | None = None, recipe: Recipe = Recipe(), data: Path | None 
     d = model.get_input_embeddings().weight.shape[1]
     gen = torch.Generator().manual_seed(recipe.seed)
     generator = ExpertGenerator(d, recipe.rank, recipe.width, recipe.heads, generator=gen)
-    generator.v_scale.fill_(torch.cat([r["edit"]["out"] for r in train]).pow(2).mean().sqrt().item())
     router = VisualFilterRouter(2 * d, recipe.route_width, generator=gen)
     trainer = Trainer(model, generator, router, recipe)
     params = [*generator.parameters(), *router.parameters()]
