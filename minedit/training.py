@@ -138,8 +138,7 @@ class UpperStack:
                  head: nn.Module | None = None):
         self.model = model
         spec = arch_spec(model)
-        layers = list(decoder_layers(model))
-        self.layers = layers[first_layer:]
+        self.layers = list(decoder_layers(model))[first_layer:]
         self.norm = model.get_submodule(spec.final_norm)
         self.head = head if head is not None else model.get_output_embeddings()  # e.g. a FrozenHead of it
         self.mlp = None

@@ -8,6 +8,7 @@ The real model is loaded once per test process through ``minedit.models.load_mod
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -113,6 +114,18 @@ def build_tiny_llava(n_layers: int = 3, seed: int = 0):
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+@contextmanager
+def reloaded(folder, model, tokenizer):
+    """The editor saved in ``folder``, loaded onto ``model``; restored when the block ends, whatever happens."""
+    from minedit.editors import load_editor
+
+    loaded = load_editor(folder, model, tokenizer)
+    try:
+        yield loaded
+    finally:
+        loaded.restore()
 
 
 def edit_score_restore(editor, request) -> dict:

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from conftest import edit_score_restore
+from conftest import edit_score_restore, reloaded
 from minedit.data import EditRequest, LocalityPrompt
-from minedit.editors import ElderConfig, ElderEditor, load_editor, make_editor
+from minedit.editors import ElderConfig, ElderEditor, make_editor
 from minedit.infer import encode_pair, generate_greedy, pad_id, predict_tokens
 from minedit.metrics import reference_predictions, score_requests
 from minedit.moe import MoELoRALinear
@@ -59,15 +59,12 @@ def test_experts_of_earlier_edits_stay_frozen_and_save_load_round_trip(smol, tmp
         editor.save(tmp_path / "elder")
     finally:
         editor.restore()
-    loaded = load_editor(tmp_path / "elder", model, tok)
-    try:
+    with reloaded(tmp_path / "elder", model, tok) as loaded:
         assert isinstance(loaded, ElderEditor) and loaded.n_edits == 2 and loaded.config.seed == 3
         assert all(e.frozen for w in loaded.mixture.wrappers for e in w.experts)
         for a, b in zip(edited, predict_tokens(model, pairs, pad_id(tok))):
             assert torch.equal(a, b)
         assert torch.equal(loaded.presets, presets) and presets.shape == (2, 3, 2)
-    finally:
-        loaded.restore()
 
 
 def test_published_form_shares_experts(smol):

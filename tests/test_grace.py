@@ -2,9 +2,8 @@
 import pytest
 import torch
 
-from conftest import edit_score_restore
+from conftest import edit_score_restore, reloaded
 from minedit.data import EditRequest, LocalityPrompt
-from minedit.editors import load_editor
 from minedit.editors.grace import GraceCodebook, GraceConfig, GraceEditor
 from minedit.infer import encode_pair, generate_greedy, pad_id, predict_tokens
 from minedit.metrics import reference_predictions, score_requests
@@ -104,14 +103,11 @@ def test_save_load_round_trip(smol, tmp_path):
     editor.save(tmp_path / "grace")
     editor.restore()
     assert sorted(p.name for p in (tmp_path / "grace").iterdir()) == ["editor.json", "state.safetensors"]
-    loaded = load_editor(tmp_path / "grace", model, tok)
-    try:
+    with reloaded(tmp_path / "grace", model, tok) as loaded:
         assert isinstance(loaded, GraceEditor) and loaded.config.layer == 18 and loaded.n_edits == 2
         assert loaded.codebook.targets == ["Oslo", "Jane Austen"]
         for a, b in zip(edited, predict_tokens(model, pairs, pad_id(tok))):
             assert torch.equal(a, b)
-    finally:
-        loaded.restore()
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from conftest import edit_score_restore
+from conftest import edit_score_restore, reloaded
 from minedit.data import EditRequest
-from minedit.editors import LemoeConfig, LemoeEditor, load_editor
+from minedit.editors import LemoeConfig, LemoeEditor
 from minedit.errors import ConfigError
 from minedit.infer import encode_pair, pad_id, predict_tokens
 from minedit.moe import FFNExpert
@@ -47,12 +47,9 @@ def test_training_and_inference_route_alike_and_save_load(fresh_tiny_llama, tmp_
         editor.save(tmp_path / "lemoe")
     finally:
         editor.restore()
-    loaded = load_editor(tmp_path / "lemoe", model, tok)
-    try:
+    with reloaded(tmp_path / "lemoe", model, tok) as loaded:
         assert isinstance(loaded, LemoeEditor) and loaded.n_edits == 4
         assert all(torch.equal(a, b) for a, b in zip(edited, predict_tokens(model, pairs, pad_id(tok))))
-    finally:
-        loaded.restore()
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
@@ -95,11 +92,8 @@ def test_training_the_query_projection_moves_earlier_routing(fresh_tiny_llama, t
         editor.save(tmp_path / "q")
     finally:
         editor.restore()
-    loaded = load_editor(tmp_path / "q", model, tok)
-    try:
+    with reloaded(tmp_path / "q", model, tok) as loaded:
         assert torch.equal(loaded.seen, seen)
-    finally:
-        loaded.restore()
 
 
 def test_planning_groups_clusters_into_equal_batches():

@@ -43,6 +43,12 @@ FEATURES: Registry["SequenceFeature"] = Registry("feature")
 Callback = Callable[[torch.Tensor], None]
 
 
+def masked_mean(h: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """(B, d) mean of ``h`` (B, L, d) over the positions where ``where`` (B, L) is True; zeros where none is."""
+    w = where.unsqueeze(-1).to(h.dtype)  # (B, L, 1)
+    return (h * w).sum(1) / w.sum(1).clamp_min(1.0)
+
+
 class SequenceFeature(nn.Module):
     """Base: hook ``module_for(model)``; at a prefill store ``pool(h)`` (B, d) in ``value`` and call back.
 
@@ -147,8 +153,7 @@ class MeanPooledHidden(SequenceFeature):
 
     def mean(self, h: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
         """(B, d) average over ``where`` (default: the prompt); zeros for a row where nothing is selected."""
-        w = (self.prompt_positions(h) if where is None else where).unsqueeze(-1).to(h.dtype)  # (B, L, 1)
-        return (h * w).sum(1) / w.sum(1).clamp_min(1.0)
+        return masked_mean(h, self.prompt_positions(h) if where is None else where)
 
 
 @FEATURES.register("mean+last")

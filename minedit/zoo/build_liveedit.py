@@ -41,6 +41,7 @@ from .. import world
 from ..data import read_records
 from ..fsio import atomic_folder
 from ..infer import encode_pair, pad_id
+from ..moe.features import masked_mean
 from ..moe.filtering import VisualFilterRouter
 from ..moe.generator import IMAGE, PAD, QUESTION, ExpertGenerator, expert_delta, segments_for
 from ..paths import samples_dir
@@ -81,11 +82,7 @@ def train_split() -> Path:
 def image_text_means(hidden: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
     """(B, 2d) ``[mean over image positions, mean over question positions]``: what
     :class:`~minedit.moe.features.ImageTextHidden` reads at a prefill (tests check they agree)."""
-    def mean(where):
-        w = where.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * w).sum(1) / w.sum(1).clamp_min(1.0)
-
-    return torch.cat([mean(segments == IMAGE), mean(segments == QUESTION)], dim=-1)
+    return torch.cat([masked_mean(hidden, segments == IMAGE), masked_mean(hidden, segments == QUESTION)], dim=-1)
 
 
 @torch.no_grad()
