@@ -306,6 +306,51 @@ def image_tokens(vision_config) -> int:
     return (vision_config.image_size // vision_config.patch_size) ** 2
 
 
+# --------------------------------------------------------------------------------------------- 07: LiveEdit
+def _router_given_scores(visual: torch.Tensor, sentinel: torch.Tensor, s: torch.Tensor):
+    """A ``VisualFilterRouter`` whose ``scores`` are the given tensors: its ``forward`` applies the rule."""
+    from .moe.filtering import VisualFilterRouter
+
+    class Given(VisualFilterRouter):
+        def scores(self, features):
+            return visual, sentinel, s
+
+    return Given(2, width=1, generator=torch.Generator())  # its own generator: the global RNG is left alone
+
+
+def soft_route_weights(visual: torch.Tensor, sentinel: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """LiveEdit's routing weights (``VisualFilterRouter``, Sec. 3.3) from its scores: experts whose image
+    similarity beats the sentinel survive, ``softmax(s) * sigmoid(s)`` over the survivors, zero elsewhere."""
+    with torch.no_grad():
+        return _router_given_scores(visual, sentinel, s)(None).weights
+
+
+def check_soft_route(fn: Callable) -> None:
+    """``fn(visual (B, E), sentinel (B, 1), s (B, E)) -> weights (B, E)`` against ``VisualFilterRouter``'s
+    rule on random scores, with a row where no expert survives and a row where every expert does."""
+    g = torch.Generator().manual_seed(0)
+    for n_experts in (1, 2, 5, 9):
+        visual = torch.rand(8, n_experts, generator=g) * 2 - 1  # cosines
+        sentinel = torch.rand(8, 1, generator=g) * 2 - 1
+        s = torch.randn(8, n_experts, generator=g) * 6  # text scores: tau * cos + b
+        sentinel[0] = 1.5  # above every cosine: no survivor
+        sentinel[1] = -1.5  # below every cosine: all survive
+        sentinel[2] = float("inf")  # what the router gives a query without an image
+        want = soft_route_weights(visual, sentinel, s)
+        got = fn(visual.clone(), sentinel.clone(), s.clone())
+        assert torch.is_tensor(got) and got.shape == want.shape, f"expected shape {tuple(want.shape)}, got {getattr(got, 'shape', got)}"
+        got = got.float()
+        for row, what in ((0, "no expert survives the filter"), (2, "the sentinel is inf (a query without an image)")):
+            assert torch.equal(got[row], torch.zeros(n_experts)), f"{n_experts} experts, {what}: expected all zeros, got {got[row].tolist()}"
+        assert not got.isnan().any(), f"{n_experts} experts: NaN in {got.tolist()} (softmax over no survivor?)"
+        bad = (~torch.isclose(got, want, atol=1e-6)).any(-1).nonzero().flatten()
+        if len(bad):
+            b = int(bad[0])
+            where = "every expert survives" if b == 1 else f"survivors {(visual[b] > sentinel[b]).nonzero().flatten().tolist()}"
+            raise AssertionError(f"{n_experts} experts, row {b} ({where}; s {[round(x, 2) for x in s[b].tolist()]}): "
+                                 f"got {[round(x, 4) for x in got[b].tolist()]}, expected {[round(x, 4) for x in want[b].tolist()]}")
+
+
 # ------------------------------------------------- library-backed fallbacks for the cells after an exercise
 def grace_lookup(query: torch.Tensor, keys: torch.Tensor, radii: torch.Tensor) -> torch.Tensor:
     """``GraceCodebook.lookup`` on given keys and radii: nearest key within its radius, else -1."""

@@ -102,6 +102,14 @@ def _kv_mean_of_keys(v, keys, owner, n_experts, k):  # averages an expert's keys
     return torch.zeros(len(v), n_experts).scatter(-1, idx, top / top.sum(-1, keepdim=True))
 
 
+def _soft_route_softmax_over_all(visual, sentinel, s):  # the softmax shared with the filtered-out experts too
+    return s.softmax(-1) * torch.sigmoid(s) * (visual > sentinel)
+
+
+def _soft_route_nan_without_survivors(visual, sentinel, s):  # softmax over nothing but -inf: NaN, not zeros
+    return s.masked_fill(visual <= sentinel, float("-inf")).softmax(-1) * torch.sigmoid(s)
+
+
 WRONG = [
     ("check_token_accuracy", lambda pred, target: float((pred == torch.as_tensor(list(target))).sum())),
     ("check_exact_match", lambda gen, target: gen.lower().startswith(target.lower())),
@@ -114,6 +122,8 @@ WRONG = [
     ("check_deferral", _defer_mean),
     ("check_kv_anchor", _kv_mean_of_keys),
     ("check_image_tokens", lambda config: (config.image_size // config.patch_size) ** 2 + 1),
+    ("check_soft_route", _soft_route_softmax_over_all),
+    ("check_soft_route", _soft_route_nan_without_survivors),
 ]
 
 

@@ -22,16 +22,18 @@ MMEDIT_SAMPLE = SAMPLES / "mmedit_world" / "vqa_sample.json"
 
 def test_visual_filter_keeps_experts_nearer_than_the_sentinel_and_weights_survivors_softmax_times_sigmoid():
     router = VisualFilterRouter(2 * 6, width=5, tau=4.0, generator=GEN(0))
+    router.centre.copy_(torch.randn(12, generator=GEN(4)))  # what the build sets: its edits' mean feature
     edits = torch.randn(4, 12, generator=GEN(1))
     router.grow(4)
     router.anchor(torch.arange(4), edits)
     queries = torch.cat([edits[:2] + 0.05 * torch.randn(2, 12, generator=GEN(2)), torch.randn(3, 12, generator=GEN(3))])
     queries[-1, :6] = 0  # a text-only query
     r = router(queries)
-    phi = F.normalize(queries[:, :6] @ router.proj_image.T, dim=-1)
-    psi = F.normalize(queries[:, 6:] @ router.proj_text.T, dim=-1)
-    keys_phi = F.normalize(edits[:, :6] @ router.proj_image.T, dim=-1)
-    keys_psi = F.normalize(edits[:, 6:] @ router.proj_text.T, dim=-1)
+    q, e = queries - router.centre, edits - router.centre
+    phi = F.normalize(q[:, :6] @ router.proj_image.T, dim=-1)
+    psi = F.normalize(q[:, 6:] @ router.proj_text.T, dim=-1)
+    keys_phi = F.normalize(e[:, :6] @ router.proj_image.T, dim=-1)
+    keys_psi = F.normalize(e[:, 6:] @ router.proj_text.T, dim=-1)
     keep = phi @ keys_phi.T > phi @ F.normalize(router.sentinel, dim=0)[:, None]
     keep[-1] = False  # no image: no expert
     s = 4.0 * psi @ keys_psi.T + router.bias
@@ -42,6 +44,43 @@ def test_visual_filter_keeps_experts_nearer_than_the_sentinel_and_weights_surviv
     assert torch.allclose(r.weights, expected, atol=1e-6)
     assert r.defer.tolist() == (~keep.any(-1)).tolist() and r.defer[-1]
     assert keep[0, 0] and keep[1, 1]  # a near copy of an edit's features keeps that edit's expert
+
+
+def test_routing_training_keeps_an_edits_scene_and_rejects_every_other():
+    """Phase 1 of the build on synthetic features: scenes are clusters of image features (renders are
+    noisy copies), question kinds clusters of text features, all sharing one large direction (as a late
+    layer's states do). After training, another render of an edit's scene passes the filter for that
+    scene's edits only, an image of a scene never edited for none, and the soft routing weights the
+    edit of the query's own kind most."""
+    from minedit.zoo.build_liveedit import Recipe, train_routing
+
+    g, d = GEN(5), 32
+    scene_at = torch.randn(16, d, generator=g) * 3  # 12 edited scenes, 4 never edited (M-Loc images)
+    kind_at = torch.randn(2, d, generator=g) * 3  # 2 kinds of question
+    common = torch.randn(2 * d, generator=g) * 10
+
+    def feature(scene, kind):
+        return torch.cat([scene_at[scene], kind_at[kind]]) + common + 0.3 * torch.randn(2 * d, generator=g)
+
+    def record(scene, kind):
+        probes = [("rel", {"feat": feature(scene, kind)}), ("m_gen", {"feat": feature(scene, kind)}),
+                  ("m_loc", {"feat": feature(12 + scene % 4, kind)})]
+        return {"scene": scene, "kind": kind, "edit": {"feat": feature(scene, kind)}, "probes": probes}
+
+    records = [record(s, k) for s in range(12) for k in range(2)]  # edit e: scene e // 2, kind e % 2
+    router = VisualFilterRouter(2 * d, width=16, generator=GEN(6))
+    history = train_routing(router, records, Recipe(route_steps=300, route_batch=24, route_lr=1e-2))
+    assert history[-1]["visual"] < 0.2 * history[0]["visual"]
+    assert torch.allclose(router.centre, torch.stack([r["edit"]["feat"] for r in records]).mean(0))
+    router.grow(len(records))
+    router.anchor(torch.arange(len(records)), torch.stack([r["edit"]["feat"] for r in records]))
+    renders = torch.stack([r["probes"][1][1]["feat"] for r in records])  # M-Gen: another render of the scene
+    visual, sentinel, _ = router.scores(renders)
+    same_scene = torch.arange(24)[None] // 2 == torch.arange(24)[:, None] // 2
+    assert torch.equal(visual > sentinel, same_scene)
+    visual, sentinel, _ = router.scores(torch.stack([r["probes"][2][1]["feat"] for r in records]))
+    assert not (visual > sentinel).any()  # unrelated images keep nothing
+    assert (router(renders).weights.argmax(-1) == torch.arange(24)).all()  # its own kind's edit weighs most
 
 
 def test_generator_shapes_padding_and_batched_delta_match_the_factor_expert():
@@ -153,3 +192,25 @@ def test_liveedit_without_an_artifact_says_how_to_build_one(vlm, tmp_path):
 
     with pytest.raises(ConfigError, match="python -m minedit.zoo build liveedit-generator"):
         LiveEditEditor(*vlm, LiveEditConfig(generator=str(tmp_path)))
+
+
+def test_the_shipped_generator_writes_working_experts_in_one_pass(vlm):
+    """The trained artifact in data_samples/liveedit on 10 evaluation edits (scenes the build never saw),
+    edited in one batch: the edits and their rephrases take the new answer, text-only questions keep
+    theirs, and restore brings every weight back."""
+    from minedit.editors import make_editor
+    from minedit.metrics import reference_predictions, score_requests, summarize
+
+    bench = SAMPLES / "vlm_bench" / "eval.json"
+    requests = load_edits(f"mmedit:{bench}", limit=10)
+    model, processor = vlm
+    reference = reference_predictions(model, processor, requests)
+    unedited = summarize(score_requests(model, processor, requests, reference, exact=False))
+    editor = make_editor("liveedit", model, processor)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    editor.edit_batch(requests)
+    edited = summarize(score_requests(model, processor, requests, reference, exact=False))
+    editor.restore()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert unedited["rel"] < 0.5 and edited["rel"] >= 0.9 and edited["t_gen"] >= 0.8
+    assert edited["t_loc"] == 1.0

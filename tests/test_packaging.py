@@ -73,6 +73,7 @@ def test_installed_package_finds_its_samples(installed, tmp_path):
     assert found["default_data"] == f"zsre:{installed / 'minedit' / 'data_samples' / 'zsre_sample.json'}"
     assert (installed / "minedit" / "data_samples" / "vlm_bench" / "eval.json").stat().st_size > 100_000
     assert found["vlm_data"].startswith(f"mmedit:{installed}")
+    assert (installed / "minedit" / "data_samples" / "liveedit" / "generator.safetensors").stat().st_size > 100_000
 
 
 def test_minedit_data_overrides_the_lookup(installed, tmp_path):

@@ -1,8 +1,9 @@
 """LiveEdit's routing: a visual hard filter, then textual soft routing among the experts that survive it.
 
 Chen et al. 2024 (LiveEdit, Sec. 3.3). Every expert is stored with two routing keys, read from its
-edit's prompt at the layer the experts sit on (:class:`~minedit.moe.features.ImageTextHidden`: the
-mean of the image's tokens and the mean of the text's), each through a learned projection:
+edit's prompt below the layer the experts sit on (:class:`~minedit.moe.features.ImageTextHidden`: the
+mean of the image's tokens and the mean of the text's), each centred (``mu``: the training edits' mean
+feature) and sent through a learned projection, ``phi = P_v (x_image - mu_v)``, ``psi = P_t (x_text - mu_t)``:
 
 1. **Hard filtering** on the image: expert ``e`` stays a candidate for a query only if the query's
    projected image feature is more similar to the edit's than to a learned *vision sentinel* ``z``,
@@ -39,6 +40,7 @@ class VisualFilterRouter(nn.Module):
     """Hard filter on the image half of a (B, 2d) ``image+text`` feature, softmax x sigmoid on the text half."""
 
     def __init__(self, d: int, width: int = 128, tau: float = 10.0, generator: torch.Generator | None = None):
+        """``d``: the feature's width (both halves); ``width``: the projections'; ``tau``: the text scale at first."""
         super().__init__()
         self.d = d // 2  # each half of the image+text feature
         init = lambda: nn.Parameter(torch.randn(width, self.d, generator=generator) / self.d ** 0.5)  # noqa: E731
@@ -46,6 +48,9 @@ class VisualFilterRouter(nn.Module):
         self.sentinel = nn.Parameter(torch.randn(width, generator=generator))  # (w,) the vision sentinel z
         self.log_tau = nn.Parameter(torch.tensor(float(tau)).log())  # the text scores' scale, learned as a log
         self.bias = nn.Parameter(torch.tensor(0.0))  # b: sigmoid(s) can be small for a survivor
+        # subtracted before projecting: every image's (and every question's) states share a large common
+        # direction, so uncentred cosines are all near 1; the build sets it to its training edits' mean
+        self.register_buffer("centre", torch.zeros(d))  # (2d,)
         self.register_buffer("keys_image", torch.zeros(0, width))  # (E, w) unit rows
         self.register_buffer("keys_text", torch.zeros(0, width))  # (E, w) unit rows
 
@@ -61,8 +66,9 @@ class VisualFilterRouter(nn.Module):
 
     def project(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Unit ``phi`` (B, w), unit ``psi`` (B, w) and whether each row has an image (B,)."""
-        image, text = features.to(self.proj_image.dtype).split(self.d, dim=-1)
-        has_image = image.abs().sum(-1) > 0
+        features = features.to(self.proj_image.dtype)
+        has_image = features[..., : self.d].abs().sum(-1) > 0
+        image, text = (features - self.centre).split(self.d, dim=-1)
         return (F.normalize(image @ self.proj_image.T, dim=-1), F.normalize(text @ self.proj_text.T, dim=-1),
                 has_image)
 
