@@ -72,6 +72,10 @@ class VisualFilterRouter(nn.Module):
         return (F.normalize(image @ self.proj_image.T, dim=-1), F.normalize(text @ self.proj_text.T, dim=-1),
                 has_image)
 
+    def sentinel_similarity(self, phi: torch.Tensor) -> torch.Tensor:
+        """(B, 1) ``cos(phi, z)`` of unit ``phi`` (B, w): the threshold each query's experts must beat."""
+        return phi @ F.normalize(self.sentinel, dim=0)[:, None]
+
     @torch.no_grad()
     def anchor(self, experts: torch.Tensor, features: torch.Tensor) -> None:
         """Set experts' keys (E_new,) from their edits' features (E_new, 2d)."""
@@ -83,7 +87,7 @@ class VisualFilterRouter(nn.Module):
         """(B, E) image similarities, (B, 1) similarity to the sentinel, (B, E) text scores ``s``."""
         phi, psi, has_image = self.project(features)
         visual = phi @ self.keys_image.T  # (B, E)
-        sentinel = phi @ F.normalize(self.sentinel, dim=0)[:, None]  # (B, 1)
+        sentinel = self.sentinel_similarity(phi)  # (B, 1)
         sentinel = torch.where(has_image[:, None], sentinel, torch.full_like(sentinel, float("inf")))
         return visual, sentinel, self.log_tau.exp() * (psi @ self.keys_text.T) + self.bias
 

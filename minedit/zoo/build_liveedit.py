@@ -157,7 +157,7 @@ def routing_losses(router: VisualFilterRouter, batch: list[dict], gamma: float) 
     phi_e, psi_e, _ = router.project(torch.stack([r["edit"]["feat"] for r in batch]))  # (B, w)
     phi_q, psi_q, has_image = router.project(torch.stack([row["feat"] for *_, row in probes]))  # (P, w)
     visual = phi_q @ phi_e.T  # (P, B)
-    sentinel = phi_q @ F.normalize(router.sentinel, dim=0)[:, None]  # (P, 1)
+    sentinel = router.sentinel_similarity(phi_q)  # (P, 1)
     scenes = [r["scene"] for r in batch]
     probe_scene = [batch[i]["scene"] if kind != "m_loc" else None for i, kind, _ in probes]  # m_loc: another scene
     same = torch.tensor([[ps is not None and ps == s for s in scenes] for ps in probe_scene])  # (P, B)
@@ -229,8 +229,7 @@ class Trainer:
         """(P,) whether each probe's own edit's expert survives the visual filter."""
         phi_e, _, _ = self.router.project(torch.stack([batch[i]["edit"]["feat"] for i, *_ in probes]))
         phi_q, _, has_image = self.router.project(torch.stack([row["feat"] for *_, row in probes]))
-        sentinel = phi_q @ F.normalize(self.router.sentinel, dim=0)
-        return ((phi_q * phi_e).sum(-1) > sentinel) & has_image
+        return ((phi_q * phi_e).sum(-1) > self.router.sentinel_similarity(phi_q)[:, 0]) & has_image
 
 
 def _mean(values: torch.Tensor) -> torch.Tensor:
