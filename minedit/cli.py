@@ -1,4 +1,5 @@
-"""Command line: ``python -m minedit bench ...`` runs a lifelong-editing benchmark.
+"""Command line: ``python -m minedit bench ...`` runs a lifelong-editing benchmark; ``continual`` a continual
+task sequence (:mod:`minedit.continual.command`).
 
 Bad input (missing file, unknown format, editor or model, malformed JSON, bad record, an output folder
 that cannot be written) is a :class:`~minedit.errors.UserError`: exit status 2 and one line naming the
@@ -77,6 +78,9 @@ def build_parser(given_only: bool = False) -> argparse.ArgumentParser:
                        help="save the editor and the rows so far under OUT/checkpoint/ every N edits (0: never)")
     bench.add_argument("--resume", default=default(None), metavar="OUT",
                        help="continue the killed run whose output folder is OUT, from its last checkpoint, with its settings")
+    from .continual.command import add_parser as add_continual
+
+    add_continual(sub, default)
     prepare = sub.add_parser("prepare", help="convert the bundled models into the model cache (once)")
     prepare.add_argument("--model", action="append", default=default(None), help="bundled model name (default: all)")
     return parser
@@ -238,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
             bench(args, argv)
         elif args.command == "prepare":
             prepare(args)
+        elif args.command == "continual":
+            from .continual.command import continual
+
+            continual(args)
         return 0
     except UserError as err:
         print(f"minedit: error: {err}", file=sys.stderr)

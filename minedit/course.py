@@ -351,6 +351,69 @@ def check_soft_route(fn: Callable) -> None:
                                  f"got {[round(x, 4) for x in got[b].tolist()]}, expected {[round(x, 4) for x in want[b].tolist()]}")
 
 
+# ------------------------------------------------------------------------------------------- 08: LLaVA-CMoE
+def _locator_given_errors(errors: torch.Tensor, err_mean: torch.Tensor, err_std: torch.Tensor):
+    """A ``ProbabilisticTaskLocator`` whose task VAEs make the given reconstruction errors (B, T) and have
+    the given training-error statistics (T,): its ``locate`` applies the library's rule to them."""
+    from .continual.locator import ProbabilisticTaskLocator, TaskVAE
+
+    class Given(TaskVAE):
+        def __init__(self, column: torch.Tensor, mean: torch.Tensor, std: torch.Tensor):
+            super().__init__(1, 1, 1, generator=torch.Generator())
+            self.column = column
+            self.err_mean, self.err_std = mean, std
+
+        def error(self, x):
+            return self.column
+
+    locator = ProbabilisticTaskLocator(1)
+    with torch.random.fork_rng(devices=[]):  # nn.Linear's own initialisation draws: the global RNG is left alone
+        for t in range(errors.shape[1]):
+            locator.vaes.append(Given(errors[:, t], err_mean[t], err_std[t]))
+    return locator
+
+
+def locate_task(errors: torch.Tensor, err_mean: torch.Tensor, err_std: torch.Tensor) -> torch.Tensor:
+    """LLaVA-CMoE's task choice (``ProbabilisticTaskLocator.locate``, Sec. 3.3) from the VAEs' errors (B, T)
+    and their training-error means and spreads (T,): the task of the lowest z-scored error."""
+    return _locator_given_errors(errors, err_mean, err_std).locate(torch.zeros(len(errors), 1))
+
+
+def check_locate(fn: Callable) -> None:
+    """``fn(errors (B, T), err_mean (T,), err_std (T,)) -> (B,) task indices`` against the
+    ``ProbabilisticTaskLocator``'s rule (argmin over t of the z-scored error) on random errors, with rows
+    where the raw errors, or the errors minus the means, or the errors over the spreads, pick another task."""
+    g = torch.Generator().manual_seed(0)
+    # T = 2 by hand: the VAEs of tasks 0 and 1 err 0.2 +- 0.05 and 1.0 +- 0.5 on their own training inputs
+    hand = (torch.tensor([[0.40, 0.90],    # raw argmin: task 0; z = (4.0, -0.2): task 1
+                          [0.50, 1.50],    # minus the means only: 0.3 vs 0.5, task 0; z = (6.0, 1.0): task 1
+                          [0.21, 2.00],    # z = (0.2, 2.0): task 0 (and raw argmin agrees)
+                          [0.10, 0.30]]),  # both below their means: z = (-2.0, -1.4): task 0
+            torch.tensor([0.2, 1.0]), torch.tensor([0.05, 0.5]))
+    # errors over the spreads only: 1.0 vs 2.0 picks task 0; z = (1.0, 0.1) picks task 1
+    ratio = (torch.tensor([[1.0, 2.0]]), torch.tensor([0.0, 1.9]), torch.tensor([1.0, 1.0]))
+    cases = [hand, ratio]
+    for T in (1, 2, 3, 6):
+        err_mean = torch.rand(T, generator=g) * 2 + 0.05  # the VAEs fit their own tasks more or less well
+        err_std = torch.rand(T, generator=g) * 0.5 + 0.02
+        errors = (err_mean + err_std * torch.randn(16, T, generator=g) * 3).abs()  # (16, T) positive errors
+        cases.append((errors, err_mean, err_std))
+    for errors, err_mean, err_std in cases:
+        want = locate_task(errors, err_mean, err_std)
+        got = fn(errors.clone(), err_mean.clone(), err_std.clone())
+        assert torch.is_tensor(got) and got.shape == want.shape, \
+            f"expected a {tuple(want.shape)} tensor of task indices, got {getattr(got, 'shape', got)}"
+        assert not got.is_floating_point(), f"return task indices (integers), got dtype {got.dtype}"
+        bad = (got.long() != want).nonzero().flatten()
+        if len(bad):
+            b, T = int(bad[0]), errors.shape[1]
+            z = (errors[b] - err_mean) / err_std
+            raise AssertionError(
+                f"{T} tasks, row {b}: errors {[round(x, 3) for x in errors[b].tolist()]}, err_mean "
+                f"{[round(x, 3) for x in err_mean.tolist()]}, err_std {[round(x, 3) for x in err_std.tolist()]}: got task "
+                f"{int(got[b])}, expected {int(want[b])} (z-scores {[round(x, 2) for x in z.tolist()]}: the lowest wins)")
+
+
 # ------------------------------------------------- library-backed fallbacks for the cells after an exercise
 def grace_lookup(query: torch.Tensor, keys: torch.Tensor, radii: torch.Tensor) -> torch.Tensor:
     """``GraceCodebook.lookup`` on given keys and radii: nearest key within its radius, else -1."""

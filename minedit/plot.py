@@ -34,3 +34,24 @@ def save_figure(fig: Figure, path: "str | Path") -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def accuracy_matrices(results: dict) -> Figure:
+    """One heatmap per continual learner: accuracy (%) on each task (columns) after each task (rows)."""
+    names = list(results["learners"])
+    tasks = results["tasks"]
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names) + 0.8, 3.4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        r = results["learners"][name]
+        rows = ["all tasks"] if len(r["matrix"]) == 1 else [f"after {t}" for t in tasks]
+        frame = pd.DataFrame([[100 * a for a in row] for row in r["matrix"]], index=rows, columns=tasks)
+        sns.heatmap(frame, vmin=0, vmax=100, annot=True, fmt=".0f", cmap="viridis", cbar=False, ax=ax,
+                    annot_kws={"fontsize": 7})
+        ax.set_title(f"{name}: Last {100 * r['last']:.0f}" + (f", BWT {100 * r['bwt']:+.0f}" if "bwt" in r else ""),
+                     fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.set_xticklabels(ax.get_xticklabels(), rotation=45, ha="right")
+        if ax is not axes[0][0]:
+            ax.set_yticklabels([])
+    fig.tight_layout()
+    return fig

@@ -190,12 +190,24 @@ def _draw_digit(draw: ImageDraw.ImageDraw, digit: int, rng: np.random.Generator,
         draw.rectangle(bars[segment], fill=fill)
 
 
+def canvas(rng: np.random.Generator, size: int) -> tuple[Image.Image, np.ndarray]:
+    """A blank image in a pale random background colour (first draw of a render's ``rng``), and that colour."""
+    background = rng.integers(225, 251, size=3)
+    pixels = np.broadcast_to(background, (size, size, 3)).astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(pixels)), background
+
+
+def add_noise(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Gaussian pixel noise (sd 4; last draw of a render's ``rng``), so no two renders share a pixel pattern."""
+    pixels = np.asarray(image, dtype=np.int16)
+    noisy = pixels + rng.normal(0, 4, size=pixels.shape).round().astype(np.int16)
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+
+
 def render(scene: Scene, seed: int, size: int = IMAGE_SIZE) -> Image.Image:
     """Draw ``scene`` as an RGB image; the same (scene, seed) always gives the same pixels."""
     rng = np.random.default_rng(seed)
-    background = rng.integers(225, 251, size=3)
-    pixels = np.broadcast_to(background, (size, size, 3)).astype(np.uint8)
-    image = Image.fromarray(np.ascontiguousarray(pixels))
+    image, _ = canvas(rng, size)
     draw = ImageDraw.Draw(image)
     fill = _shade(ALL_COLOURS[scene.colour], rng, 25 if scene.colour in COLOURS else 10)  # gray stays gray
     if scene.kind == "digit":
@@ -203,8 +215,7 @@ def render(scene: Scene, seed: int, size: int = IMAGE_SIZE) -> Image.Image:
     else:
         for x, y, s in _place(rng, scene, size):
             _draw_shape(draw, scene.shape, x, y, s, fill)
-    noisy = np.asarray(image, dtype=np.int16) + rng.normal(0, 4, size=(size, size, 3)).round().astype(np.int16)
-    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+    return add_noise(image, rng)
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,18 @@ def _soft_route_nan_without_survivors(visual, sentinel, s):  # softmax over noth
     return s.masked_fill(visual <= sentinel, float("-inf")).softmax(-1) * torch.sigmoid(s)
 
 
+def _locate_raw_errors(errors, err_mean, err_std):  # the raw errors: one task's VAE simply errs less on everything
+    return errors.argmin(-1)
+
+
+def _locate_argmax(errors, err_mean, err_std):  # the highest z-score: the task whose VAE fits worst
+    return ((errors - err_mean) / err_std).argmax(-1)
+
+
+def _locate_without_spread(errors, err_mean, err_std):  # centred but not scaled by each VAE's spread
+    return (errors - err_mean).argmin(-1)
+
+
 WRONG = [
     ("check_token_accuracy", lambda pred, target: float((pred == torch.as_tensor(list(target))).sum())),
     ("check_exact_match", lambda gen, target: gen.lower().startswith(target.lower())),
@@ -124,6 +136,9 @@ WRONG = [
     ("check_image_tokens", lambda config: (config.image_size // config.patch_size) ** 2 + 1),
     ("check_soft_route", _soft_route_softmax_over_all),
     ("check_soft_route", _soft_route_nan_without_survivors),
+    ("check_locate", _locate_raw_errors),
+    ("check_locate", _locate_argmax),
+    ("check_locate", _locate_without_spread),
 ]
 
 

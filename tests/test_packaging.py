@@ -74,6 +74,8 @@ def test_installed_package_finds_its_samples(installed, tmp_path):
     assert (installed / "minedit" / "data_samples" / "vlm_bench" / "eval.json").stat().st_size > 100_000
     assert found["vlm_data"].startswith(f"mmedit:{installed}")
     assert (installed / "minedit" / "data_samples" / "liveedit" / "generator.safetensors").stat().st_size > 100_000
+    assert (installed / "minedit" / "data_samples" / "continual" / "corners.json").stat().st_size > 10_000
+    assert (installed / "minedit" / "continual" / "locator.py").is_file()
 
 
 def test_minedit_data_overrides_the_lookup(installed, tmp_path):

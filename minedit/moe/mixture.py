@@ -101,6 +101,12 @@ class Mixture:
             router.grow(len(wrapper.experts) - router.n_experts, generator)
         return new
 
+    def pop_experts(self, layer: int, n: int) -> None:
+        """Remove the ``n`` newest experts of wrapped layer ``layer`` and their router scores (``shrink``)."""
+        wrapper = self.wrappers[layer]
+        wrapper.experts = nn.ModuleList(list(wrapper.experts)[: len(wrapper.experts) - n])
+        self.routers[layer].shrink(n)
+
     def n_experts(self) -> list[int]:
         return [len(w.experts) for w in self.wrappers]
 

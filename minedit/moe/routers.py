@@ -102,6 +102,13 @@ class TopKRouter(nn.Module):
         self.bias = nn.Parameter(torch.cat([self.bias.detach(), b.to(device, dtype)]), grad)
         self.frozen = torch.cat([self.frozen, torch.zeros(n, dtype=torch.bool, device=device)])
 
+    def shrink(self, n: int) -> None:
+        """Drop the ``n`` newest rows (a probe expert removed again: LLaVA-CMoE's PGKE)."""
+        keep = self.n_experts - n
+        self.weight = nn.Parameter(self.weight.detach()[:keep].clone(), self.weight.requires_grad)
+        self.bias = nn.Parameter(self.bias.detach()[:keep].clone(), self.bias.requires_grad)
+        self.frozen = self.frozen[:keep].clone()
+
     def freeze_rows(self, experts: torch.Tensor) -> None:
         self.frozen[experts] = True
 
