@@ -1,5 +1,6 @@
-"""Command line: ``python -m minedit bench ...`` runs a lifelong-editing benchmark; ``continual`` a continual
-task sequence (:mod:`minedit.continual.command`).
+"""Command line: ``python -m minedit bench ...`` runs a lifelong-editing benchmark; ``compare`` runs several
+editors at several T on one loaded model (:mod:`minedit.compare`); ``continual`` a continual task sequence
+(:mod:`minedit.continual.command`).
 
 Bad input (missing file, unknown format, editor or model, malformed JSON, bad record, an output folder
 that cannot be written) is a :class:`~minedit.errors.UserError`: exit status 2 and one line naming the
@@ -78,12 +79,86 @@ def build_parser(given_only: bool = False) -> argparse.ArgumentParser:
                        help="save the editor and the rows so far under OUT/checkpoint/ every N edits (0: never)")
     bench.add_argument("--resume", default=default(None), metavar="OUT",
                        help="continue the killed run whose output folder is OUT, from its last checkpoint, with its settings")
+    add_compare_parser(sub, default)
     from .continual.command import add_parser as add_continual
 
     add_continual(sub, default)
     prepare = sub.add_parser("prepare", help="convert the bundled models into the model cache (once)")
     prepare.add_argument("--model", action="append", default=default(None), help="bundled model name (default: all)")
     return parser
+
+
+def add_compare_parser(sub, default) -> None:
+    from .compare import DEFAULT_EDITORS
+
+    p = sub.add_parser("compare", help="every chosen editor at several T on the same model and data: one table and plot")
+    p.add_argument("--model", default=default("smollm2-135m"), help="bundled name, local folder or hub id")
+    p.add_argument("--data", default=default(None), help="FORMAT:PATH; default: zsre_bench.json (tiny-llava: the MMEdit sample)")
+    p.add_argument("--editors", default=default(",".join(DEFAULT_EDITORS)), help="comma-separated registered editors")
+    p.add_argument("--edits", default=default("10,100"), help="comma-separated numbers of edits T (the first T records)")
+    p.add_argument("--protocol", default=default("retention"), choices=["retention", "immediate", "both"])
+    p.add_argument("--seed", type=int, default=default(0), help="seeds every run the same way")
+    p.add_argument("--set", action="append", default=default([]), metavar="EDITOR.KEY=VALUE",
+                   help="an editor's config override, e.g. grace.eps=2.0 (repeatable)")
+    p.add_argument("--no-exact", action="store_true", default=default(False), help="skip exact-match generation (faster)")
+    p.add_argument("--budget-minutes", type=float, default=default(30.0),
+                   help="skip a run whose time, projected from the editor's previous T, passes this")
+    p.add_argument("--edit-batch", type=int, default=default(1), help="edits per edit_batch call (every editor)")
+    p.add_argument("--plan", default=default("none"), choices=["none", "random", "kmeans"], help="edit order within each run")
+    p.add_argument("--device", default=default("cpu"), help="cpu, cuda, cuda:N, mps, or auto (CUDA when available)")
+    p.add_argument("--dtype", default=default("float32"), choices=["float32", "bfloat16", "float16"], help="model weights' dtype")
+    p.add_argument("--out", default=default("runs/compare"), help="output folder (compare.json, compare.md, compare.png)")
+
+
+def _positive_ints(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise UsageError(f"{flag} expects a comma-separated list of positive integers, got {text!r}")
+    return sorted(set(values))
+
+
+def compare_command(args) -> dict:
+    """Run ``minedit compare``: flags, editors, configs, data and output folder are checked before the model loads."""
+    from .compare import default_data as compare_data, editor_configs, markdown_table, parse_overrides, write_results
+    from .data import load_edits
+    from .editors import EDITORS
+    from .models import as_dtype, pick_device
+
+    editors = [name.strip() for name in args.editors.split(",")]
+    unknown = [name for name in editors if name not in EDITORS]
+    if not all(editors) or unknown:
+        raise UsageError(f"--editors: unknown editor(s) {', '.join(map(repr, unknown)) or '(empty name)'}; "
+                         f"choose from {', '.join(sorted(EDITORS))}")
+    if len(set(editors)) != len(editors):
+        raise UsageError(f"--editors names an editor twice: {args.editors}")
+    sizes = _positive_ints(args.edits, "--edits")
+    if not args.budget_minutes > 0 or args.edit_batch < 1:
+        raise UsageError("--budget-minutes must be positive and --edit-batch at least 1")
+    protocols = ["retention", "immediate"] if args.protocol == "both" else [args.protocol]
+    overrides = parse_overrides(args.set, editors)
+    editor_configs(editors, overrides, args.seed)  # unknown fields and bad values fail here, before the model loads
+    data = args.data or compare_data(args.model)
+    requests = load_edits(data, limit=sizes[-1])
+    if len(requests) < sizes[-1]:
+        raise UsageError(f"{requests.path}: asked for {sizes[-1]} edits, the file has {len(requests)} records")
+    dtype, device = as_dtype(args.dtype), pick_device(args.device)
+    out = check_writable_folder(args.out)
+
+    from .compare import compare
+    from .models import load_model
+
+    model, tokenizer = load_model(args.model, dtype=dtype, device=device)
+    result = compare(model, tokenizer, requests, editors, sizes, protocols, overrides, budget_minutes=args.budget_minutes,
+                     exact=not args.no_exact, seed=args.seed, edit_batch=args.edit_batch, plan=args.plan,
+                     progress=True)
+    result["settings"].update(model=args.model, data=data, device=str(device), dtype=args.dtype)
+    paths = write_results(result, out)
+    print(markdown_table(result))
+    print(f"wrote {', '.join(map(str, paths))}")
+    return result
 
 
 def prepare(args) -> None:
@@ -240,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "bench":
             bench(args, argv)
+        elif args.command == "compare":
+            compare_command(args)
         elif args.command == "prepare":
             prepare(args)
         elif args.command == "continual":

@@ -55,3 +55,34 @@ def accuracy_matrices(results: dict) -> Figure:
             ax.set_yticklabels([])
     fig.tight_layout()
     return fig
+
+
+def compare_curves(rows: Sequence[dict], title: str = "") -> Figure:
+    """``minedit compare``: one panel per metric against T (log axis), hue = editor, style = protocol, then
+    seconds per edit and KB of editor state per edit. Skipped rows are left out."""
+    done = [r for r in rows if "skipped" not in r]
+    frame = pd.DataFrame([{"editor": r["editor"], "T": r["T"], "protocol": r["protocol"], **r["metrics"],
+                           "seconds per edit": r["seconds_per_edit"], "KB per edit": r["bytes_per_edit"] / 1024}
+                          for r in done])
+    metrics = [m for m in dict.fromkeys(METRICS + MULTIMODAL_METRICS) if m in frame and frame[m].notna().any()]
+    panels = metrics + ["seconds per edit", "KB per edit"] if done else []
+    n_rows = max(1, -(-len(panels) // 4))  # at most 4 panels a row, rows filled evenly
+    cols = max(1, -(-len(panels) // n_rows))
+    width = 3.2 * cols + 1.6  # inches; the last 1.6 hold the legend
+    fig, axes = plt.subplots(n_rows, cols, figsize=(width, 2.8 * n_rows + 0.3), squeeze=False)
+    style = "protocol" if done and frame["protocol"].nunique() > 1 else None
+    for i, ax in enumerate(axes.flat):
+        if i >= len(panels):
+            ax.set_visible(False)
+            continue
+        name = panels[i]
+        sns.lineplot(data=frame, x="T", y=name, hue="editor", style=style, marker="o", ax=ax, legend=i == 0)
+        ax.set_xscale("log")
+        ax.set(title=name, ylabel="", **({"ylim": (-0.05, 1.05)} if name in metrics else {}))
+    if panels:
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        axes.flat[0].get_legend().remove()
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1 - 1.5 / width, 0.5), fontsize="small", frameon=False)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1 - 1.6 / width, 1))
+    return fig

@@ -12,6 +12,7 @@ from .lemoe import LemoeConfig, LemoeEditor
 from .liveedit import LiveEditConfig, LiveEditEditor
 from .lora import LoRAEditor, LoRAEditorConfig
 from .none import NoneEditor
+from .wise import WiseConfig, WiseEditor
 
 EDITORS: dict[str, type[Editor]] = {
     NoneEditor.name: NoneEditor,
@@ -21,6 +22,7 @@ EDITORS: dict[str, type[Editor]] = {
     LoRAEditor.name: LoRAEditor,
     LemoeEditor.name: LemoeEditor,
     LiveEditEditor.name: LiveEditEditor,
+    WiseEditor.name: WiseEditor,
 }
 
 
@@ -56,5 +58,5 @@ def load_editor(directory: "str | os.PathLike", model, tokenizer) -> Editor:
 
 
 __all__ = ["EDITORS", "Editor", "EditorConfig", "ElderConfig", "ElderEditor", "FTConfig", "FTEditor", "GraceConfig",
-           "GraceEditor", "LemoeConfig", "LemoeEditor", "LiveEditConfig", "LiveEditEditor", "LoRAEditor", "LoRAEditorConfig", "NoneEditor", "UnknownEditorError", "config_from_dict",
-           "get_editor", "load_editor", "make_editor", "register_editor"]
+           "GraceEditor", "LemoeConfig", "LemoeEditor", "LiveEditConfig", "LiveEditEditor", "LoRAEditor", "LoRAEditorConfig", "NoneEditor", "UnknownEditorError", "WiseConfig",
+           "WiseEditor", "config_from_dict", "get_editor", "load_editor", "make_editor", "register_editor"]
