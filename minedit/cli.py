@@ -17,15 +17,14 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
 import random
 import sys
 from pathlib import Path
 
 from .errors import UserError
-from .fsio import atomic_folder, atomic_write_text, check_writable_folder, settle
+from .fsio import atomic_folder, atomic_write_text, check_writable_folder, no_nan as _no_nan, settle
 from .keyvalue import parse_assignments
-from .paths import sample
+from .paths import default_data
 
 CHECKPOINT, PROGRESS_FILE, RUN_FILE, EDITOR_DIR = "checkpoint", "progress.json", "run.json", "editor"
 # The settings a checkpoint stores and a resumed run reuses (argparse dests of ``bench``).
@@ -35,13 +34,6 @@ RUN_SETTINGS = ("model", "editor", "data", "edits", "protocol", "seed", "set", "
 
 class UsageError(UserError, ValueError):
     """Bad command-line input: printed as one line, exit status 2."""
-
-
-def default_data(model: str) -> str:
-    """The shipped sample a model is benchmarked on when ``--data`` is not given."""
-    if model == "tiny-llava":
-        return f"mmedit:{sample('mmedit_world', 'vqa_sample.json')}"
-    return f"zsre:{sample('zsre_sample.json')}"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -177,17 +169,6 @@ def _table(result: dict) -> str:
     lines.append(f"{'seconds_per_edit':<22}{result['seconds_per_edit']:>10.3f}")
     lines.append(f"{'inference_overhead':<22}{result['inference_overhead']:>10.3f}")
     return "\n".join(lines)
-
-
-def _no_nan(obj):
-    """NaN (a metric with nothing to score, e.g. exact match under --no-exact) becomes JSON null."""
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _no_nan(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_no_nan(v) for v in obj]
-    return obj
 
 
 def _read_json(path: Path, what: str) -> dict:

@@ -46,8 +46,7 @@ class RestoreError(RuntimeError):
 
 def default_data(model: str) -> str:
     """The data a comparison runs on without ``--data``: ``zsre_bench.json``; tiny-llava's MMEdit sample."""
-    from .cli import default_data as bench_default
-    from .paths import sample
+    from .paths import default_data as bench_default, sample
 
     return bench_default(model) if model == "tiny-llava" else f"zsre:{sample('zsre_bench.json')}"
 
@@ -223,15 +222,14 @@ def markdown_table(result: dict) -> str:
 
 def write_results(result: dict, out: "str | os.PathLike") -> list[Path]:
     """``compare.json``, ``compare.md`` and ``compare.png`` in ``out``, each written atomically."""
-    from .cli import _no_nan
-    from .fsio import atomic_write_text
+    from .fsio import atomic_write_text, no_nan
     from .plot import compare_curves, save_figure
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     settings = result["settings"]
     about = ", ".join(f"{k} {settings[k]}" for k in ("model", "data", "seed") if k in settings)
-    atomic_write_text(out / FILES[0], json.dumps(_no_nan(result), indent=1) + "\n")
+    atomic_write_text(out / FILES[0], json.dumps(no_nan(result), indent=1) + "\n")
     atomic_write_text(out / FILES[1], markdown_table(result) + (f"\n{about}; {result['machine']['date']}\n" if about else ""))
     fd, tmp = tempfile.mkstemp(prefix=".compare-", suffix=".png", dir=out)
     os.close(fd)

@@ -414,6 +414,69 @@ def check_locate(fn: Callable) -> None:
                 f"{int(got[b])}, expected {int(want[b])} (z-scores {[round(x, 2) for x in z.tolist()]}: the lowest wins)")
 
 
+# --------------------------------------------------------------------------------------- 09: your own router
+def _nearest_edit_router():
+    from .moe import CosineTopKRouter
+
+    class NearestEditRouter(CosineTopKRouter):
+        """The README's "nearest-edit" router from minedit's parts: ``CosineTopKRouter`` (``tau * cos``, top-k)
+        with ``sharpness`` as its ``tau``; its rows are keys once ``anchor`` points them at an edit's feature."""
+
+        def __init__(self, d: int, k: int = 2, sharpness: float = 20.0, generator: torch.Generator | None = None):
+            super().__init__(d, 0, k, tau=sharpness, generator=generator)
+            self.sharpness = sharpness
+
+    return NearestEditRouter
+
+
+def check_router(cls: Callable) -> None:
+    """``cls(d, k=, sharpness=)``: a router module that starts with no expert, ``grow(n, generator)`` appends
+    ``n`` (old ones kept), ``anchor(experts, feature)`` sets those experts' keys to the edit's feature, and
+    ``forward(features (B, d)) -> Routing`` is top-k over ``sharpness * cos(feature, key)``. Compared with
+    :data:`NearestEditRouter` on seeded features (keys and queries of mixed norms), then grown and anchored again."""
+    from .moe import Routing
+
+    g = torch.Generator().manual_seed(0)
+
+    def compare(mine, ref, queries, what):
+        got, want = mine(queries.clone()), ref(queries)
+        assert isinstance(got, Routing), f"forward must return a minedit.moe.Routing, got {type(got).__name__}"
+        assert got.weights.shape == want.weights.shape, f"{what}: weights {tuple(got.weights.shape)}, expected {tuple(want.weights.shape)}"
+        assert not got.defer.any(), f"{what}: this router never defers (defer must be all False)"
+        assert torch.allclose(got.probs.float(), want.probs, atol=1e-5), \
+            f"{what}: probs differ (softmax over sharpness * cosine, every expert): row 0 got {got.probs[0].tolist()}, expected {want.probs[0].tolist()}"
+        assert got.chosen is not None and torch.equal(got.chosen.long(), want.chosen), \
+            f"{what}: chosen experts {got.chosen[:3].tolist() if got.chosen is not None else None}, expected {want.chosen[:3].tolist()}"
+        assert torch.allclose(got.weights.float(), want.weights, atol=1e-5), \
+            f"{what}: weights differ (top-k renormalised to sum to one, zero elsewhere): row 0 got {got.weights[0].tolist()}, expected {want.weights[0].tolist()}"
+
+    for d, k, sharpness, E in ((8, 1, 20.0, 1), (8, 2, 20.0, 5), (16, 2, 5.0, 9), (32, 3, 50.0, 4)):
+        mine, ref = cls(d, k=k, sharpness=sharpness), NearestEditRouter(d, k=k, sharpness=sharpness)
+        assert isinstance(mine, torch.nn.Module), "a router is a torch.nn.Module (the mixture keeps it in a ModuleList)"
+        assert mine.n_experts == 0, f"a new router has no experts, got n_experts={mine.n_experts}"
+        mine.grow(E, generator=torch.Generator().manual_seed(1))
+        ref.grow(E)
+        assert mine.n_experts == E, f"after grow({E}): n_experts={mine.n_experts}"
+        keys = torch.randn(E, d, generator=g) * (torch.rand(E, 1, generator=g) * 5 + 0.1)  # edit features, mixed norms
+        for e in range(E):
+            mine.anchor(torch.tensor([e]), keys[e].clone())
+            ref.anchor(torch.tensor([e]), keys[e])
+        queries = torch.cat([keys + torch.randn(E, d, generator=g) * 0.3, torch.randn(8, d, generator=g) * 3])  # near edits, and anywhere
+        compare(mine, ref, queries, f"d={d}, k={k}, sharpness={sharpness}, {E} anchored experts")
+        before = mine(queries).probs.float()
+        mine.grow(3, generator=torch.Generator().manual_seed(2))
+        assert mine.n_experts == E + 3, f"grow(3) after {E} experts: n_experts={mine.n_experts}, expected {E + 3} (append, keep the old)"
+        after = mine(queries).probs.float()[:, :E]
+        assert torch.allclose(after / after.sum(-1, keepdim=True), before, atol=1e-4), \
+            "grow changed the old experts' scores: new experts may only compete for probability mass"
+        ref.grow(3)
+        new = torch.randn(2, d, generator=g)
+        for mod in (mine, ref):  # an edit's k experts anchored at once, as the allocation policy does; one more alone
+            mod.anchor(torch.tensor([E, E + 1]), new[0].clone())
+            mod.anchor(torch.tensor([E + 2]), new[1].clone())
+        compare(mine, ref, torch.cat([queries, new * 2]), f"after grow(3) and anchoring the new experts (d={d}, k={k})")
+
+
 # ------------------------------------------------- library-backed fallbacks for the cells after an exercise
 def grace_lookup(query: torch.Tensor, keys: torch.Tensor, radii: torch.Tensor) -> torch.Tensor:
     """``GraceCodebook.lookup`` on given keys and radii: nearest key within its radius, else -1."""
@@ -438,3 +501,6 @@ def hamming_defer(codes: torch.Tensor, memory: torch.Tensor, threshold: int) -> 
     for code in memory:
         gate.add(None, code)
     return gate.defer(None, codes)
+
+
+NearestEditRouter = _nearest_edit_router()  # the solution's class, as minedit's parts build it (fallback of notebook 09)

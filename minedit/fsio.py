@@ -9,6 +9,7 @@ Used by editor saves, the model cache, the tiny-llava artifact, results files an
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -103,3 +104,14 @@ def check_writable_folder(folder: "str | os.PathLike") -> Path:
     except OSError as err:
         raise UserError(f"output folder {folder} cannot be written ({err.strerror or type(err).__name__}: {probe})") from None
     return folder
+
+
+def no_nan(obj):
+    """NaN (a metric with nothing to score, e.g. exact match under --no-exact) becomes JSON null."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: no_nan(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [no_nan(v) for v in obj]
+    return obj

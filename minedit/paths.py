@@ -29,3 +29,10 @@ def samples_dir() -> Path:
 def sample(*parts: str) -> Path:
     """A path inside :func:`samples_dir`, e.g. ``sample("mmedit_world", "vqa_sample.json")``."""
     return samples_dir().joinpath(*parts)
+
+
+def default_data(model: str) -> str:
+    """The shipped sample a model is benchmarked on when ``--data`` is not given."""
+    if model == "tiny-llava":
+        return f"mmedit:{sample('mmedit_world', 'vqa_sample.json')}"
+    return f"zsre:{sample('zsre_sample.json')}"

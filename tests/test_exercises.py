@@ -122,6 +122,29 @@ def _locate_without_spread(errors, err_mean, err_std):  # centred but not scaled
     return (errors - err_mean).argmin(-1)
 
 
+class _RouterDotProduct(course.NearestEditRouter):  # scores k . s: an edit with a large feature norm wins everywhere
+    def logits(self, features):
+        return self.tau * features.to(self.weight) @ self.weight.T
+
+
+class _RouterNoTopK(course.NearestEditRouter):  # softmax over every expert: no top-k, no renormalisation
+    def forward(self, features):
+        routing = super().forward(features)
+        return type(routing)(routing.probs, routing.defer, routing.probs, routing.chosen)
+
+
+class _RouterNoSharpness(course.NearestEditRouter):  # plain cosine: a near-uniform softmax
+    def logits(self, features):
+        return super().logits(features) / self.tau
+
+
+class _RouterGrowReplaces(course.NearestEditRouter):  # grow(n) starts over with n random keys: old edits lost
+    def grow(self, n, generator=None):
+        self.weight = torch.nn.Parameter(torch.randn(n, self.d, generator=generator), self.weight.requires_grad)
+        self.bias = torch.nn.Parameter(torch.zeros(n), self.bias.requires_grad)
+        self.frozen = torch.zeros(n, dtype=torch.bool)
+
+
 WRONG = [
     ("check_token_accuracy", lambda pred, target: float((pred == torch.as_tensor(list(target))).sum())),
     ("check_exact_match", lambda gen, target: gen.lower().startswith(target.lower())),
@@ -139,6 +162,10 @@ WRONG = [
     ("check_locate", _locate_raw_errors),
     ("check_locate", _locate_argmax),
     ("check_locate", _locate_without_spread),
+    ("check_router", _RouterDotProduct),
+    ("check_router", _RouterNoTopK),
+    ("check_router", _RouterNoSharpness),
+    ("check_router", _RouterGrowReplaces),
 ]
 
 
