@@ -40,7 +40,7 @@ def accuracy_matrices(results: dict) -> Figure:
     """One heatmap per continual learner: accuracy (%) on each task (columns) after each task (rows)."""
     names = list(results["learners"])
     tasks = results["tasks"]
-    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names) + 0.8, 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(max(4.8, 3.2 * len(names) + 0.8), 3.4), squeeze=False)  # >= 400 px
     for ax, name in zip(axes[0], names):
         r = results["learners"][name]
         rows = ["all tasks"] if len(r["matrix"]) == 1 else [f"after {t}" for t in tasks]
