@@ -36,7 +36,7 @@ from .metrics import METRICS, MULTIMODAL_METRICS
 from .runner import PROTOCOLS, RunConfig, run_lifelong
 
 log = logging.getLogger(__name__)
-DEFAULT_EDITORS = ("none", "ft", "lora", "grace", "wise", "elder")
+DEFAULT_EDITORS = ("none", "ft", "lora", "grace", "wise", "elder", "lemoe")
 FILES = ("compare.json", "compare.md", "compare.png")
 
 

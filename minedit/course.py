@@ -504,3 +504,128 @@ def hamming_defer(codes: torch.Tensor, memory: torch.Tensor, threshold: int) -> 
 
 
 NearestEditRouter = _nearest_edit_router()  # the solution's class, as minedit's parts build it (fallback of notebook 09)
+
+
+# --------------------------------------------------------------------------------- 10: which editor, for what
+def _recommend_cases() -> list[tuple[list[dict], dict]]:
+    """(rows, needs) pairs: the stored ZsRE comparison (where the source tree has it) under the notebook's uses,
+    then seeded rows with every edge the rules of :mod:`minedit.choose` name: other T and protocols, the unedited
+    row, skipped rows, floors and ceilings met exactly, unmeasured metrics (None, NaN, absent), equal costs."""
+    import json
+
+    cases = []
+    stored = SAMPLES.parent / "benchmarks" / "results" / "compare" / "compare.json"
+    if stored.exists():
+        rows = json.loads(stored.read_text())["rows"]
+        for T in sorted({r["T"] for r in rows}):
+            for at_least in ({}, {"rel": 0.95, "loc": 0.95}, {"rel": 0.95, "gen": 0.8, "loc": 0.95}, {"rel_em": 0.5}):
+                cases.append((rows, {"T": T, "at_least": at_least}))
+            cases.append((rows, {"T": T, "at_least": {"rel": 0.9}, "max_kb": 100.0}))
+    rng = random.Random(0)
+    names = ["none", "ft", "lora", "grace", "wise", "elder", "lemoe"]
+    levels = [0.0, 0.5, 0.8, 0.9, 0.95, 1.0]
+    for _ in range(80):
+        metric_names = list(rng.choice([("rel", "gen", "loc"), ("rel", "t_gen", "m_gen", "t_loc", "m_loc")]))
+        rows = []
+        for name in rng.sample(names, rng.randint(2, len(names))):
+            for T in (10, 100):
+                for protocol in ("retention", "immediate"):
+                    key = {"editor": name, "T": T, "protocol": protocol}
+                    if name != "none" and rng.random() < 0.1:
+                        rows.append({**key, "skipped": "projected 40.0 min > budget 30 min"})
+                        continue
+                    metrics = {m: rng.choice(levels + [round(rng.random(), 3)]) for m in metric_names}
+                    metrics["rel_em"] = None  # exact match off, as compare.json stores it
+                    if rng.random() < 0.15:
+                        metrics[rng.choice(metric_names)] = rng.choice([None, float("nan")])
+                    if rng.random() < 0.1:
+                        del metrics[rng.choice(metric_names)]
+                    rows.append({**key, "metrics": metrics, "seconds_per_edit": rng.choice([0.0, 0.2, 0.8, 1.0, round(rng.uniform(0.1, 3), 3)]),
+                                 "inference_overhead": 1.0, "bytes_per_edit": rng.choice([0.0, 8192.0, 442368.0, 1024.0 * rng.randint(1, 700)])})
+        rng.shuffle(rows)
+        needs = {"T": rng.choice((10, 100)), "at_least": {m: rng.choice(levels[1:]) for m in rng.sample(metric_names, rng.randint(0, 2))}}
+        if rng.random() < 0.5:
+            needs["max_seconds"] = rng.choice([1.0, 0.8, 2.0])
+        if rng.random() < 0.5:
+            needs["max_kb"] = rng.choice([8.0, 432.0, 100.0])
+        if rng.random() < 0.3:
+            needs["protocol"] = "immediate"
+        cases.append((rows, needs))
+    return cases
+
+
+def check_recommend(fn: Callable) -> None:
+    """``fn(rows, T, at_least=None, max_seconds=inf, max_kb=inf, protocol="retention") -> list of editor names``
+    against :func:`minedit.choose.recommend` on the stored comparison and on seeded rows (module rules there)."""
+    import copy
+
+    from .choose import recommend, shortfalls
+
+    for i, (rows, needs) in enumerate(_recommend_cases()):
+        want = recommend(rows, **needs)
+        given = copy.deepcopy(rows)
+        try:
+            got = fn(given, **needs)
+        except NotImplementedError:
+            raise
+        except Exception as e:  # a crash on an edge case: say which case
+            raise AssertionError(f"case {i}, needs {needs}: your function raised {type(e).__name__}: {e}") from e
+        assert given == rows or str(given) == str(rows), "do not change the rows (a comparison is read by everyone)"
+        assert isinstance(got, list) and all(isinstance(n, str) for n in got), \
+            f"return a list of editor names (str), got {type(got).__name__}: {got!r}"
+        if got != want:
+            differ = next((n for n in dict.fromkeys(got + want) if got.count(n) != want.count(n)), None)
+            at = [r for r in rows if r["editor"] == differ and r["T"] == needs["T"]
+                  and r["protocol"] == needs.get("protocol", "retention")]
+            missed = shortfalls(at[0], needs["at_least"], needs.get("max_seconds", math.inf), needs.get("max_kb", math.inf)) if at else []
+            if differ is None:
+                why = "the same editors in another order (smallest KB/edit first, then s/edit, then the name)"
+            elif got.count(differ) and want.count(differ):
+                why = f"{differ!r} {got.count(differ)} times, expected {want.count(differ)}: only rows at this T and protocol count"
+            elif differ == "none":
+                why = "'none' is the unedited model, the reference row: never recommended"
+            elif not want.count(differ):
+                why = f"{differ!r} has no row at this T and protocol" if not at else f"{differ!r} misses: {'; '.join(missed)}"
+            else:
+                why = f"{differ!r} meets every need here (a value equal to its floor or ceiling meets it)"
+            raise AssertionError(f"case {i}, needs {needs}: got {got}, expected {want}: {why}")
+
+
+# ------------------------------------------------------------------------------- 11: the routing playground
+def similarity_margin(features: torch.Tensor, edit_features: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The margin of a ``SimilarityGate(threshold)`` that holds ``edit_features`` (N, d), for each row of
+    ``features`` (B, d): cosine similarity to the nearest edit minus ``threshold`` (-1 - threshold with no edit);
+    >= 0 lets the sequence through (``minedit.inspection.GateCall.margin``)."""
+    from .moe import SimilarityGate
+
+    gate = SimilarityGate(threshold)
+    for feature in edit_features:
+        gate.add(feature)
+    return gate.similarity(features) - threshold
+
+
+def check_similarity_margin(fn: Callable) -> None:
+    """``fn(features (B, d), edit_features (N, d), threshold) -> (B,)`` against :func:`similarity_margin` (the
+    library's ``SimilarityGate``) on seeded features of mixed norms, near some edits and far from all of them,
+    at several thresholds; the sign must agree with the gate's decision; last, a gate that holds no edit."""
+    from .moe import SimilarityGate
+
+    g = torch.Generator().manual_seed(0)
+    cases = []
+    for d, n, b, threshold in ((4, 1, 3, 0.85), (8, 5, 6, 0.85), (16, 3, 5, 0.5), (32, 7, 8, 0.99), (8, 4, 4, -0.2)):
+        edits = torch.randn(n, d, generator=g) * (torch.rand(n, 1, generator=g) * 5 + 0.1)  # mixed norms
+        near = edits[torch.randint(0, n, (b // 2,), generator=g)] * 3 + torch.randn(b // 2, d, generator=g) * 0.2
+        far = torch.randn(b - b // 2, d, generator=g) * (torch.rand(b - b // 2, 1, generator=g) * 5 + 0.1)
+        cases.append((torch.cat([near, far]), edits, threshold))
+    cases.append((torch.randn(3, 8, generator=g), torch.zeros(0, 8), 0.85))  # no edit yet: every sequence defers
+    for i, (features, edits, threshold) in enumerate(cases):
+        got, want = fn(features.clone(), edits.clone(), threshold), similarity_margin(features, edits, threshold)
+        what = f"case {i} ({len(edits)} edits of d={features.shape[1]}, threshold {threshold})"
+        assert isinstance(got, torch.Tensor) and got.shape == want.shape, \
+            f"{what}: return a ({len(features)},) tensor, one margin per row, got {getattr(got, 'shape', type(got).__name__)}"
+        assert torch.allclose(got.float(), want, atol=1e-5), \
+            f"{what}: got {[round(x, 4) for x in got.tolist()]}, expected {[round(x, 4) for x in want.tolist()]}"
+        gate = SimilarityGate(threshold)
+        for feature in edits:
+            gate.add(feature)
+        assert torch.equal(got.float() < 0, gate.defer(features)), f"{what}: a negative margin must mean the gate defers"

@@ -9,7 +9,8 @@ editor's patcher, so ``editor.restore()`` is the one teardown call.
 """
 from __future__ import annotations
 
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -74,6 +75,28 @@ class Patcher:
                 self.model.get_parameter(name).copy_(value)
         self._modules.clear()
         self._params.clear()
+
+    @contextmanager
+    def suspended(self) -> Iterator[None]:
+        """The original model inside the block: swapped modules and changed parameter values are put back, then
+        re-applied on exit. Hooks stay (an editor's hooks only observe: a feature, the sequence's positions), so a
+        timing inside the block counts their small cost on the unedited side too. What inference overhead is
+        measured against (:func:`minedit.runner.measure_overhead`), on the same model, seconds apart."""
+        edited_modules = {name: replace_module(self.model, name, module) for name, module in self._modules.items()}
+        edited_values = {}
+        with torch.no_grad():
+            for name, value in self._params.items():
+                param = self.model.get_parameter(name)
+                edited_values[name] = param.detach().clone()
+                param.copy_(value)
+        try:
+            yield
+        finally:
+            for name, module in reversed(list(edited_modules.items())):
+                replace_module(self.model, name, module)
+            with torch.no_grad():
+                for name, value in edited_values.items():
+                    self.model.get_parameter(name).copy_(value)
 
     def __bool__(self) -> bool:
         return bool(self._modules or self._params or self._undo)

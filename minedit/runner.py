@@ -5,7 +5,9 @@
 - ``immediate``: score each edit right after it is applied (EasyEdit's sequential numbers).
 
 Locality compares against the unedited model's predictions, computed before the first edit.
-Inference overhead is the latency of the edited model over the unedited one on the same prompts.
+Inference overhead is the latency of the edited model over the unedited one on the same prompts, timed
+alternately at the end of the run (the unedited model is the same one with the editor's changes suspended), so
+a machine that gets busier or quieter during a long run moves both sides alike.
 
 A long run can be continued after a crash: every ``checkpoint_every`` edits ``run_lifelong`` hands a
 :class:`Progress` (rows so far, the unedited predictions, the curve) to ``on_checkpoint``, which saves
@@ -15,8 +17,9 @@ from that save continues from there and ends with the rows and metrics of an uni
 from __future__ import annotations
 
 import logging
+import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Sequence
 
 import torch
@@ -40,7 +43,7 @@ class RunConfig:
     score_batch_size: int = 32  # prompts per scoring forward pass
     exact: bool = True  # also compute exact-match of greedy generation (costs a generate call)
     latency_prompts: int = 32  # prompts timed for the inference overhead
-    latency_repeats: int = 3  # timings are the fastest of this many runs (robust to a busy CPU)
+    latency_repeats: int = 5  # unedited/edited timing pairs, alternated; medians (a busy CPU moves both sides)
     progress: bool = True  # tqdm progress bar
     checkpoints: tuple[int, ...] = ()  # also score all edits so far after these many edits (a retention curve)
     checkpoint_every: int = 0  # call ``on_checkpoint`` after every this many edits (0: never), to resume a crash
@@ -55,7 +58,6 @@ class Progress:
     done: int  # edits applied
     rows: list[dict[str, Any]]  # the rows of those edits (seconds, stats, and scores under ``immediate``)
     reference: list[list[list[int]]]  # the unedited model's locality predictions (token ids)
-    base_latency: float  # seconds: the unedited model's latency
     curve: list[dict[str, float]] = field(default_factory=list)
     batches: list[list[int]] = field(default_factory=list)  # the planned edit batches (request indices)
 
@@ -64,7 +66,8 @@ class Progress:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "Progress":
-        return cls(**values)
+        known = {f.name for f in fields(cls)}  # progress saved by older versions also held "base_latency"
+        return cls(**{k: v for k, v in values.items() if k in known})
 
 
 @dataclass
@@ -106,16 +109,29 @@ def max_prompt_tokens(model) -> int:
     return int(getattr(config, "max_position_embeddings", 2048)) // 2
 
 
-def measure_latency(model, tokenizer, requests: Sequence[EditRequest], config: RunConfig) -> float:
-    """Fastest wall time of scoring the edit prompts of ``requests`` (prefill plus continuation)."""
+def measure_overhead(editor: Editor, requests: Sequence[EditRequest], config: RunConfig) -> dict[str, float]:
+    """Median wall time of scoring the edit prompts of ``requests`` (prefill plus continuation) with the edited
+    model and with its changes suspended (:meth:`~minedit.patch.Patcher.suspended`), in alternating pairs whose
+    order flips each repeat: ``{"unedited": s, "edited": s}``. An editor that changes nothing reads 1.00."""
+    model, tokenizer = editor.model, editor.tokenizer
     pairs = [encode_pair(tokenizer, r.prompt, r.target, r.image) for r in requests[: config.latency_prompts]]
-    predict_tokens(model, pairs, pad_id(tokenizer), config.score_batch_size)  # warm-up: first calls allocate
-    times = []
-    for _ in range(config.latency_repeats):
+
+    def timed() -> float:
         start = time.perf_counter()
         predict_tokens(model, pairs, pad_id(tokenizer), config.score_batch_size)
-        times.append(time.perf_counter() - start)
-    return min(times)
+        return time.perf_counter() - start
+
+    def unedited() -> float:
+        with editor.patches.suspended():
+            return timed()
+
+    timed(), unedited()  # warm-up: first calls allocate
+    times: dict[str, list[float]] = {"unedited": [], "edited": []}
+    for repeat in range(config.latency_repeats):
+        order = (("unedited", unedited), ("edited", timed))
+        for side, fn in order if repeat % 2 == 0 else order[::-1]:
+            times[side].append(fn())
+    return {side: statistics.median(values) for side, values in times.items()}
 
 
 def plan_for(editor: Editor, requests: Sequence[EditRequest], batch_size: int, method: str = "none",
@@ -152,7 +168,6 @@ def run_lifelong(editor: Editor, requests: Sequence[EditRequest], config: RunCon
     ]
     if resume is None:
         reference = reference_predictions(model, tokenizer, requests, config.score_batch_size)
-        base_latency = measure_latency(model, tokenizer, requests, config)
         first, curve = 0, []
         batches = plan_for(editor, requests, config.edit_batch_size, config.plan, config.plan_seed)
     else:
@@ -160,7 +175,7 @@ def run_lifelong(editor: Editor, requests: Sequence[EditRequest], config: RunCon
             raise ValueError(f"cannot resume: the progress is at {resume.done} edits of {len(requests)} "
                              f"({len(resume.rows)} rows), the editor holds {editor.n_edits}")
         reference = [[torch.tensor(ids, dtype=torch.long) for ids in group] for group in resume.reference]
-        base_latency, first, curve = resume.base_latency, resume.done, list(resume.curve)
+        first, curve = resume.done, list(resume.curve)
         batches = resume.batches or [list(range(i, min(i + config.edit_batch_size, len(requests))))
                                      for i in range(0, len(requests), config.edit_batch_size)]
         for row in resume.rows:
@@ -169,7 +184,7 @@ def run_lifelong(editor: Editor, requests: Sequence[EditRequest], config: RunCon
     def progress(done: int, edited: list[int]) -> Progress:
         return Progress(done=done, rows=[dict(rows[i]) for i in edited],
                         reference=[[t.tolist() for t in group] for group in reference],
-                        base_latency=base_latency, curve=list(curve), batches=batches)
+                        curve=list(curve), batches=batches)
 
     bar = tqdm(total=len(requests), initial=first, desc=f"{editor.name} ({config.protocol})",
                disable=not config.progress, unit="edit")
@@ -204,12 +219,12 @@ def run_lifelong(editor: Editor, requests: Sequence[EditRequest], config: RunCon
     if config.protocol == "retention":
         for row, score in zip(rows, score_requests(model, tokenizer, requests, reference, config.score_batch_size, config.exact)):
             row.update(score)
-    edited_latency = measure_latency(model, tokenizer, requests, config)
+    latency = measure_overhead(editor, requests, config)
     return RunResult(
         rows=rows,
         metrics=summarize(rows),
         seconds_per_edit=sum(row["seconds"] for row in rows) / len(requests),  # stored seconds on resume
-        inference_overhead=edited_latency / base_latency,
-        latency={"unedited": base_latency, "edited": edited_latency},
+        inference_overhead=latency["edited"] / latency["unedited"],
+        latency=latency,
         curve=curve,
     )

@@ -149,7 +149,7 @@ def no_model_load(monkeypatch):
     (["--edits", "10,5000"], ["zsre_bench.json", "asked for 5000 edits", "1039"]),
     (["--set", "eps=2.0"], ["--set expects EDITOR.KEY=VALUE"]),
     (["--set", "grace.nope=1"], ["unknown GraceConfig field(s): nope"]),
-    (["--set", "lemoe.rank=4"], ["'lemoe' is not among the compared editors"]),
+    (["--editors", "none,grace", "--set", "lemoe.rank=4"], ["'lemoe' is not among the compared editors"]),
     (["--protocol", "forever"], ["--protocol", "invalid choice"]),
     (["--data", "zsre:/nonexistent/edits.json"], ["/nonexistent/edits.json", "file not found"]),
     (["--budget-minutes", "0"], ["--budget-minutes must be positive"]),

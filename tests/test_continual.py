@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from minedit.continual import locator as loc
 from minedit.continual import suite
 from minedit.continual.learners import LEARNERS, ContinualConfig
 from minedit.continual.probe import expansion_layers, load_balancing_loss, most_used
-from minedit.continual.runner import accuracy, cache_tasks, prompt_positions, summarise
+from minedit.continual.runner import accuracy, cache_tasks, summarise, text_positions
 from minedit.data import DataError
 
 from conftest import REPO, SAMPLES
@@ -213,8 +214,10 @@ def test_the_runner_summarises_last_and_backward_transfer():
     m = [[0.9, 0.1], [0.5, 0.8]]
     s = summarise(m)
     assert s["last"] == pytest.approx(0.65) and s["bwt"] == pytest.approx(-0.4)
-    mask = prompt_positions(torch.tensor([[1, 1, 1, 0]]), torch.tensor([1]))
-    assert mask.tolist() == [[True, True, False, False]]
+    batch = SimpleNamespace(attention_mask=torch.tensor([[0, 1, 1, 1, 1]]), key_positions=torch.tensor([3]),
+                            input_ids=torch.tensor([[0, 7, 9, 7, 5]]))
+    assert text_positions(batch, None).tolist() == [[False, True, True, True, False]]  # padding and answer out
+    assert text_positions(batch, 7).tolist() == [[False, False, True, False, False]]  # image tokens out too
 
 
 def test_joint_and_seq_lora_learn_a_task(vlm, cached):

@@ -182,6 +182,34 @@ def test_restore_is_bit_exact(fresh_tiny_llama):
     assert model.get_submodule(SWAPPED) is original_mlp
 
 
+def test_suspended_is_the_unedited_model_and_gives_the_edits_back(fresh_tiny_llama):
+    """What inference overhead is timed against: inside the block the original modules and values, bit for bit;
+    after it, the edited model exactly as it was (the module swapped twice and the changed parameter included)."""
+    model, tok = fresh_tiny_llama
+    before, base_logits = snapshot(model), logits(model)
+    original_mlp = model.get_submodule(SWAPPED)
+    editor = ToyEditor(model, tok, ToyConfig(step=0.25))
+    editor.edit_batch(requests(3))
+    edited, edited_logits, edited_mlp = snapshot(model), logits(model), model.get_submodule(SWAPPED)
+    with editor.patches.suspended():
+        assert model.get_submodule(SWAPPED) is original_mlp
+        assert_bit_identical(model, before)
+        assert torch.equal(logits(model), base_logits)
+    assert model.get_submodule(SWAPPED) is edited_mlp
+    assert_bit_identical(model, edited)
+    assert torch.equal(logits(model), edited_logits)
+    editor.restore()
+    assert_bit_identical(model, before)
+
+
+def test_the_overhead_of_an_editor_that_changes_nothing_is_measured_on_one_model(fresh_tiny_llama):
+    from minedit.runner import RunConfig, measure_overhead
+    model, tok = fresh_tiny_llama
+    editor = NoneEditor(model, tok)
+    latency = measure_overhead(editor, requests(3), RunConfig(latency_prompts=3, latency_repeats=2, progress=False))
+    assert set(latency) == {"unedited", "edited"} and all(v > 0 for v in latency.values())
+
+
 # --- save / load ---------------------------------------------------------------------------------
 
 

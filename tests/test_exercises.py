@@ -173,3 +173,78 @@ WRONG = [
 def test_check_fails_on_a_plausible_mistake(check, wrong):
     with pytest.raises(AssertionError):
         getattr(course, check)(wrong)
+
+
+# Notebook 10: plausible mistakes in the recommendation rule (minedit.choose); each must fail check_recommend.
+import math  # noqa: E402
+
+
+def _fits(row, at_least, max_seconds, max_kb, strict_floor=False, strict_ceiling=False, unmeasured_meets=False, kb=1024):
+    if "skipped" in row:
+        return False
+    for name, floor in (at_least or {}).items():
+        value = row["metrics"].get(name)
+        if value is None or value != value:
+            if unmeasured_meets:
+                continue
+            return False
+        if value < floor or (strict_floor and value == floor):
+            return False
+    if strict_ceiling:
+        return row["seconds_per_edit"] < max_seconds and row["bytes_per_edit"] / kb < max_kb
+    return row["seconds_per_edit"] <= max_seconds and row["bytes_per_edit"] / kb <= max_kb
+
+
+def _recommender(keep_unedited=False, any_T=False, order=("bytes_per_edit", "seconds_per_edit", "editor"), **rule):
+    def recommend(rows, T, at_least=None, max_seconds=math.inf, max_kb=math.inf, protocol="retention"):
+        fits = [r for r in rows if (any_T or r["T"] == T) and r["protocol"] == protocol
+                and (keep_unedited or r["editor"] != "none") and _fits(r, at_least, max_seconds, max_kb, **rule)]
+        if order:
+            fits = sorted(fits, key=lambda r: tuple(r[k] for k in order))
+        return [r["editor"] for r in fits]
+    return recommend
+
+
+WRONG_RECOMMEND = {
+    "floor met only above it (>)": _recommender(strict_floor=True),
+    "ceiling met only below it (<)": _recommender(strict_ceiling=True),
+    "recommends the unedited model": _recommender(keep_unedited=True),
+    "rows at every T": _recommender(any_T=True),
+    "bytes compared with the KB ceiling": _recommender(kb=1),
+    "an unmeasured metric meets its floor": _recommender(unmeasured_meets=True),
+    "fastest first": _recommender(order=("seconds_per_edit", "bytes_per_edit", "editor")),
+    "data order": _recommender(order=()),
+}
+
+
+@pytest.mark.parametrize("wrong", WRONG_RECOMMEND.values(), ids=WRONG_RECOMMEND.keys())
+def test_check_recommend_fails_on_a_plausible_mistake(wrong):
+    with pytest.raises(AssertionError):
+        course.check_recommend(wrong)
+
+
+# 11: the similarity gate's margin
+def _margin_dot_product(features, edit_features, threshold):  # no normalisation: a long feature wins everywhere
+    return (features @ edit_features.T).max(-1).values - threshold
+
+
+def _margin_mean_over_edits(features, edit_features, threshold):  # the mean similarity, not the nearest edit's
+    return (torch.nn.functional.normalize(features, dim=-1) @ torch.nn.functional.normalize(edit_features, dim=-1).T).mean(-1) - threshold
+
+
+def _margin_flipped(features, edit_features, threshold):  # threshold - similarity: positive where the gate defers
+    return threshold - (torch.nn.functional.normalize(features, dim=-1) @ torch.nn.functional.normalize(edit_features, dim=-1).T).max(-1).values
+
+
+def _margin_edits_only_normalised(features, edit_features, threshold):  # the query's norm still counts
+    return (features @ torch.nn.functional.normalize(edit_features, dim=-1).T).max(-1).values - threshold
+
+
+WRONG_MARGIN = {"dot product": _margin_dot_product, "mean over edits": _margin_mean_over_edits,
+                "threshold minus similarity": _margin_flipped, "query not normalised": _margin_edits_only_normalised}
+
+
+@pytest.mark.parametrize("wrong", WRONG_MARGIN.values(), ids=WRONG_MARGIN.keys())
+def test_check_similarity_margin_fails_on_a_plausible_mistake(wrong):
+    with pytest.raises(AssertionError):
+        course.check_similarity_margin(wrong)

@@ -112,7 +112,7 @@ def test_shards_move_only_their_mask_and_merge_by_ties(fresh_tiny_llama):
 def test_a_later_edit_leaves_earlier_edits_outputs_as_they_were(fresh_tiny_llama):
     """``protect``: the change an edit makes is orthogonal to the earlier edits' activations (AlphaEdit's projection)."""
     model, tok = fresh_tiny_llama
-    editor = WiseEditor(model, tok, WiseConfig(**{**TINY, "shard_edits": 3, "mask_ratio": 1.0}))
+    editor = WiseEditor(model, tok, WiseConfig(**{**TINY, "shard_edits": 3, "mask_ratio": 1.0, "protect": True}))
     try:
         editor.edit(EDITS[0])
         before = editor.memory.deltas[1].clone()

@@ -33,17 +33,18 @@ from .suite import Task
 log = logging.getLogger(__name__)
 
 
-def prompt_positions(attention_mask: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
-    """(B, L) bool: the attended positions up to each row's last prompt token."""
-    L = attention_mask.shape[1]
-    return attention_mask.bool() & (torch.arange(L)[None] <= key_positions[:, None])
+def text_positions(batch, image_token: int | None) -> torch.Tensor:
+    """(B, L) bool: the attended text positions up to each row's last prompt token (where ``TextHidden`` pools)."""
+    L = batch.attention_mask.shape[1]
+    keep = batch.attention_mask.bool() & (torch.arange(L)[None] <= batch.key_positions[:, None])
+    return keep if image_token is None else keep & (batch.input_ids != image_token)
 
 
 @torch.no_grad()
 def cache_tasks(model, processor, tasks: Sequence[Task], first_layer: int, batch_size: int = 16,
                 progress: bool = True) -> list[dict[str, list[CachedBatch]]]:
     """Every task's train and test records in batches, computed up to decoder layer ``first_layer`` once."""
-    out = []
+    out, image_token = [], getattr(model.config, "image_token_id", None)
     total = sum(-(-len(t.train) // batch_size) - (-len(t.test) // batch_size) for t in tasks)
     bar = tqdm(total=total, desc="caching the frozen layers", disable=not progress)
     for index, task in enumerate(tasks):
@@ -56,7 +57,7 @@ def cache_tasks(model, processor, tasks: Sequence[Task], first_layer: int, batch
                 batch = make_edit_batch(processor, [r.question for r in rows], [r.answer for r in rows],
                                         [r.image() for r in rows])
                 stack = UpperStack(model, first_layer, batch)
-                feature = masked_mean(stack.hidden, prompt_positions(batch.attention_mask, batch.key_positions)).float()
+                feature = masked_mean(stack.hidden, text_positions(batch, image_token)).float()
                 splits[split].append(CachedBatch(stack, batch, feature, index))
                 bar.update()
         out.append(splits)

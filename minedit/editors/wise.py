@@ -30,9 +30,13 @@ token, :mod:`minedit.sequence`): the score is the size of the change the side me
   memory's response the generic pool would see is then removed in closed form, in directions no edit uses.
   Why: SmolLM2's FFN activations at different prompts have cosine ~0.8, and masked gradient steps on D overwrote
   earlier edits (20 ZsRE-format edits: Rel 0.51; with protection 1.00).
-- Limits measured on ``zsre_bench.json`` (retention): T = 20: Rel 1.00, Gen 0.47, Loc 0.975; T = 100: every
-  edit's change still leaks into unrelated inputs (||D|| grows ~20 per edit), so unrelated questions score above
-  eps and Loc collapses (README, WISE section).
+- Limits measured on ``zsre_bench.json`` (retention, seed 0, T = 100). Defaults (no protection): Rel .43, Gen .25,
+  Loc 1.00: the router keeps unrelated questions out (0-10% routed), but later edits overwrite earlier ones.
+  ``protect`` (+ ``cancel``) keeps earlier edits (Rel 1.00 at T = 20) at a price that grows with T: a direction
+  orthogonal to every earlier edit's activation needs a large B, the memory's norm grows (||D|| 250 -> 4,400)
+  and every unrelated question scores above eps (Rel .28, Gen .04, Loc .02; without the merge, Rel .77, Loc .01;
+  on all columns, ``mask_ratio=1``, Rel 1.00, Gen .25, Loc .47). The merge trims what each shard learnt (TIES
+  keeps 53% of its entries): with protection, Rel .77 before the merge and .28 after.
 - WISE-Merge (Eq. 7): once the round's ``shards`` (k) shards are full, D_merged += TIES(D_1 - D_merged, ...,
   D_k - D_merged) (:func:`ties_merge`); the next round's shards start from the merged memory.
 - WISE-Retrieve (``retrieve=True``): full shards are kept apart, each with its own eps; a sequence goes to the
@@ -76,8 +80,8 @@ class WiseConfig(EditorConfig):
     steps: int = 20  # max Adam steps per edit (8.5 on average over 20 ZsRE-format edits)
     lr: float = 0.5  # Adam lr on V, the change's output at the edit's positions (0.2 needed 30 steps)
     stop_loss: float = 0.05  # stop once every target token is right, CE is below this and the edit scores >= beta
-    protect: bool = True  # keep the change orthogonal to earlier edits' activations (Rel 0.51 -> 1.00 at T = 20)
-    cancel: bool = True  # remove the memory's generic-pool response in unused directions after each edit
+    protect: bool = False  # on (with cancel), T = 100: Rel/Gen/Loc .28/.04/.02 against .43/.25/1.00 off (module doc)
+    cancel: bool = False  # remove the generic-pool response in unused directions (with protect: no better, see above)
     full_margin: bool = True  # WISE's whole L_a; False: the edit's hinge only (T = 100: Rel .79 Loc .27 vs .32 / .00)
 
 

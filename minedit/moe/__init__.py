@@ -16,7 +16,7 @@ A new idea is one class registered by name, e.g. ``@register_router("mine")``, a
 """
 from .allocation import POLICIES, Allocation, AllocationPolicy, FreshExperts, OnePerBatch, SharedPreset
 from .experts import EXPERTS, ExpertSpec, FactorExpert, FFNExpert, LoRAExpert, expert_from_state
-from .features import (FEATURES, ImageTextHidden, LastTokenHidden, MeanAndLastHidden, MeanPooledHidden, SequenceFeature, VisionFeature,
+from .features import (FEATURES, ImageTextHidden, LastTokenHidden, MeanAndLastHidden, MeanPooledHidden, SequenceFeature, TextHidden, VisionFeature,
                        sequence_features)
 from .filtering import VisualFilterRouter
 from .gates import GATES, Gate, HammingGate, SimilarityGate
@@ -32,7 +32,7 @@ register_gate = GATES.register
 register_policy = POLICIES.register
 
 __all__ = ["Allocation", "AllocationPolicy", "CosineTopKRouter", "DenseRouter", "EXPERTS", "ExpertLayer", "ExpertSpec",
-           "FEATURES", "FFNExpert", "FactorExpert", "FreshExperts", "GATES", "Gate", "HammingGate", "ImageTextHidden", "KeyedRouter",
+           "FEATURES", "FFNExpert", "FactorExpert", "FreshExperts", "GATES", "Gate", "HammingGate", "ImageTextHidden", "KeyedRouter", "TextHidden",
            "LastTokenHidden", "LoRAExpert", "MeanAndLastHidden", "MeanPooledHidden", "Mixture", "MoELoRALinear",
            "OnePerBatch", "POLICIES", "ROUTERS", "Router", "Routing", "RoutingState", "SequenceFeature", "SharedPreset",
            "SimilarityGate", "TopKRouter", "VisionFeature", "VisualFilterRouter", "expert_from_state", "guided_loss", "register_expert",
